@@ -1,0 +1,134 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from delivery.intake import SendRequest
+from delivery.models import DeliveryAttempt, Message, Status
+
+
+class RecipientsField(serializers.Field):
+    """An email address or a non-empty list of them."""
+
+    default_error_messages = {
+        "type": "Must be an email address or a list of email addresses.",
+        "empty": "At least one recipient is required.",
+        "too_many": "At most {limit} recipients.",
+    }
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail("type")
+        if not value:
+            self.fail("empty")
+        if len(value) > settings.MAILQ_MAX_RECIPIENTS:
+            self.fail("too_many", limit=settings.MAILQ_MAX_RECIPIENTS)
+        field = serializers.EmailField()
+        errors, addresses = {}, []
+        for index, address in enumerate(value):
+            try:
+                addresses.append(field.run_validation(address.strip()))
+            except serializers.ValidationError as exc:
+                errors[index] = exc.detail
+        if errors:
+            raise serializers.ValidationError(errors)
+        return addresses
+
+    def to_representation(self, value):
+        return value
+
+
+class SendSerializer(serializers.Serializer):
+    template = serializers.SlugField(max_length=100)
+    to = RecipientsField()
+    data = serializers.DictField(required=False, default=dict)
+    reply_to = serializers.EmailField(required=False, allow_blank=True, default="")
+    send_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown field."] for name in sorted(unknown)}
+            )
+        return attrs
+
+    def get_fields(self):
+        fields = super().get_fields()
+        # "from" is a Python keyword, so the field is declared here.
+        fields["from"] = serializers.EmailField(required=False, allow_blank=True, default="")
+        return fields
+
+    def to_send_request(self) -> SendRequest:
+        data = self.validated_data
+        return SendRequest(
+            template=data["template"],
+            to=data["to"],
+            data=data["data"],
+            from_email=data["from"],
+            reply_to=data["reply_to"],
+            send_at=data["send_at"],
+        )
+
+
+class BatchSerializer(serializers.Serializer):
+    messages = serializers.ListField(
+        child=serializers.JSONField(),
+        allow_empty=False,
+        max_length=settings.MAILQ_BATCH_MAX_ITEMS,
+    )
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    template = serializers.CharField(source="template_version.template.slug", read_only=True)
+    template_version = serializers.IntegerField(source="template_version.number", read_only=True)
+    status = serializers.ChoiceField(choices=Status.choices)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "status",
+            "template",
+            "template_version",
+            "to",
+            "from_email",
+            "reply_to",
+            "send_at",
+            "accepted_at",
+            "queued_at",
+            "sending_at",
+            "sent_at",
+            "finished_at",
+            "attempts",
+            "provider",
+            "last_error",
+            "idempotency_key",
+        ]
+        read_only_fields = fields
+
+    def to_representation(self, instance):
+        body = super().to_representation(instance)
+        body["from"] = body.pop("from_email")
+        return body
+
+
+class AcceptedSerializer(serializers.Serializer):
+    """The short answer to a send: enough to poll the message later."""
+
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    accepted_at = serializers.DateTimeField()
+    send_at = serializers.DateTimeField(allow_null=True)
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["provider", "started_at", "duration_ms", "succeeded", "error", "permanent"]
+
+
+class MessageFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Status.choices, required=False)
+    since = serializers.DateTimeField(required=False)
+    template = serializers.SlugField(required=False)

@@ -1,0 +1,157 @@
+"""Message endpoints. Thin: a serializer validates, one intake/domain function acts."""
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from delivery import intake
+from delivery.api.serializers import (
+    AcceptedSerializer,
+    AttemptSerializer,
+    BatchSerializer,
+    MessageFilterSerializer,
+    MessageSerializer,
+    SendSerializer,
+)
+from delivery.models import CANCELLABLE, Message, Status
+from mailq.errors import ApiError, Conflict, Unprocessable, error_body
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Same key and same body: the same message, sent once.",
+)
+
+
+class NotCancellable(Conflict):
+    code = "not_cancellable"
+
+
+def _accepted(message: Message) -> dict:
+    return AcceptedSerializer(message).data
+
+
+class MessagePagination(CursorPagination):
+    ordering = "-accepted_at"
+    page_size = 100
+    max_page_size = 500
+    page_size_query_param = "limit"
+
+
+class MessagesView(APIView):
+    @extend_schema(
+        request=SendSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={202: AcceptedSerializer},
+        operation_id="send_message",
+    )
+    def post(self, request: Request) -> Response:
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 255:
+            raise Unprocessable(
+                "Idempotency-Key is too long.", {"Idempotency-Key": ["At most 255 characters."]}
+            )
+        serializer = SendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message, replayed = intake.accept_one(
+            request.user, serializer.to_send_request(), key, request.data
+        )
+        response = Response(_accepted(message), status=status.HTTP_202_ACCEPTED)
+        if replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+    @extend_schema(
+        parameters=[MessageFilterSerializer],
+        responses={200: MessageSerializer(many=True)},
+        operation_id="list_messages",
+    )
+    def get(self, request: Request) -> Response:
+        filters = MessageFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        query = Message.objects.owned_by(request.user).select_related("template_version__template")
+        if "status" in filters.validated_data:
+            query = query.filter(status=filters.validated_data["status"])
+        if "since" in filters.validated_data:
+            query = query.filter(accepted_at__gte=filters.validated_data["since"])
+        if "template" in filters.validated_data:
+            query = query.filter(
+                template_version__template__slug=filters.validated_data["template"]
+            )
+        paginator = MessagePagination()
+        page = paginator.paginate_queryset(query, request, view=self)
+        return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+class BatchView(APIView):
+    @extend_schema(request=BatchSerializer, operation_id="send_batch")
+    def post(self, request: Request) -> Response:
+        envelope = BatchSerializer(data=request.data)
+        envelope.is_valid(raise_exception=True)
+        items: list = []
+        for raw in envelope.validated_data["messages"]:
+            item = SendSerializer(data=raw)
+            if isinstance(raw, dict) and item.is_valid():
+                items.append(item.to_send_request())
+            else:
+                errors = (
+                    item.errors
+                    if isinstance(raw, dict)
+                    else {"non_field_errors": ["Each message must be a JSON object."]}
+                )
+                items.append(Unprocessable("The message is invalid.", _plain(errors)))
+        results = intake.accept_many(request.user, items)
+        body = [
+            error_body(r.code, r.message, r.fields) if isinstance(r, ApiError) else _accepted(r)
+            for r in results
+        ]
+        accepted = sum(1 for r in results if not isinstance(r, ApiError))
+        return Response(
+            {"accepted": accepted, "rejected": len(results) - accepted, "results": body},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+def _plain(errors) -> dict:
+    return {
+        name: [str(e) for e in (msgs if isinstance(msgs, list) else [msgs])]
+        for name, msgs in errors.items()
+    }
+
+
+class MessageDetailView(APIView):
+    def _get(self, request: Request, message_id) -> Message:
+        return get_object_or_404(
+            Message.objects.owned_by(request.user).select_related("template_version__template"),
+            pk=message_id,
+        )
+
+    @extend_schema(responses={200: MessageSerializer}, operation_id="get_message")
+    def get(self, request: Request, message_id) -> Response:
+        message = self._get(request, message_id)
+        body = MessageSerializer(message).data
+        body["delivery_attempts"] = AttemptSerializer(
+            message.delivery_attempts.all(), many=True
+        ).data
+        return Response(body)
+
+    @extend_schema(responses={200: MessageSerializer}, operation_id="cancel_message")
+    def delete(self, request: Request, message_id) -> Response:
+        message = self._get(request, message_id)
+        cancelled = Message.objects.filter(pk=message.pk, status__in=CANCELLABLE).update(
+            status=Status.CANCELLED, finished_at=timezone.now()
+        )
+        message.refresh_from_db()
+        if not cancelled and message.status != Status.CANCELLED:
+            raise NotCancellable(
+                f"The message is {message.status} and can no longer be cancelled.",
+                {"status": [message.status]},
+            )
+        return Response(MessageSerializer(message).data)

@@ -1,0 +1,55 @@
+import os
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from customers.models import Tier
+
+MAINTENANCE = "maintenance"
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the Celery worker pool of one tier (its queue, concurrency = pool weight x "
+        "MAILQ_WORKERS_PER_WEIGHT), or the maintenance worker (sweeper)."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("pool", help=f"a tier name, or {MAINTENANCE!r}")
+        parser.add_argument("--concurrency", type=int, default=None)
+        parser.add_argument("--loglevel", default="INFO")
+
+    def handle(self, *args, pool: str, concurrency: int | None, loglevel: str, **options) -> None:
+        if pool == MAINTENANCE:
+            queue, default_concurrency = settings.MAILQ_MAINTENANCE_QUEUE, 1
+        else:
+            tier = Tier.objects.filter(name=pool).first()
+            if tier is None:
+                known = ", ".join(Tier.objects.values_list("name", flat=True))
+                raise CommandError(f"No tier {pool!r}; known: {known}, or {MAINTENANCE}")
+            per_weight = int(os.environ.get("MAILQ_WORKERS_PER_WEIGHT", "1"))
+            queue, default_concurrency = tier.queue, tier.pool_weight * per_weight
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "mailq",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{pool}@%h",
+            "-c",
+            str(concurrency or default_concurrency),
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        self.stdout.write(" ".join(argv))
+        self.stdout.flush()
+        # exec: the Celery worker becomes this process, so signals (SIGTERM = warm shutdown)
+        # reach it directly from honcho or a process manager.
+        os.execv(sys.executable, argv)

@@ -1,0 +1,146 @@
+"""Messages and their delivery attempts. A message's state lives here; the broker carries ids.
+
+The claim (`MessageQuerySet.claim`) is the send ledger: a conditional UPDATE from `queued` to
+`sending` that only one worker can win, so a task delivered twice sends once.
+"""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from customers.models import Customer
+from templates.models import TemplateVersion
+
+
+class Status(models.TextChoices):
+    DEFERRED = "deferred"  # waiting in PostgreSQL (scheduled, or over the fair-share cap)
+    QUEUED = "queued"  # released to the broker
+    SENDING = "sending"  # claimed by a worker
+    SENT = "sent"  # accepted by a provider
+    RETRYING = "retrying"  # a temporary failure; waits for release_at
+    FAILED = "failed"  # a permanent failure
+    DEAD = "dead"  # gave up after MAILQ_MAX_ATTEMPTS temporary failures
+    CANCELLED = "cancelled"
+
+
+CANCELLABLE = (Status.DEFERRED, Status.QUEUED, Status.RETRYING)
+FINAL = (Status.SENT, Status.FAILED, Status.DEAD, Status.CANCELLED)
+
+_CLAIM_SQL = """
+    UPDATE delivery_message
+       SET status = %s, sending_at = %s, attempts = attempts + 1
+     WHERE id = ANY(%s::uuid[]) AND status = %s
+ RETURNING *
+"""
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def owned_by(self, customer: Customer) -> "MessageQuerySet":
+        return self.filter(customer=customer)
+
+    def claim(self, ids: list[str]) -> list["Message"]:
+        """Atomically move the still-queued messages among `ids` to `sending` and return them.
+
+        One statement, so two workers holding the same id cannot both win it.
+        """
+        now = timezone.now()
+        return list(
+            self.model.objects.raw(
+                _CLAIM_SQL, [Status.SENDING, now, [str(i) for i in ids], Status.QUEUED]
+            )
+        )
+
+
+class Message(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="messages")
+    template_version = models.ForeignKey(
+        TemplateVersion, on_delete=models.PROTECT, related_name="messages"
+    )
+    to = models.JSONField(help_text="List of recipient addresses.")
+    data = models.JSONField(default=dict, blank=True)
+    from_email = models.CharField(max_length=320)
+    reply_to = models.CharField(max_length=320, blank=True)
+    # NULL, not "", for "no key": the unique constraint applies only to real keys.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    request_hash = models.CharField(max_length=64, blank=True)
+    # The queue the message is released to: its tier's at acceptance time.
+    queue = models.CharField(max_length=64)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    accepted_at = models.DateTimeField(default=timezone.now)
+    send_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    # Set once RabbitMQ confirmed the publish; a queued message without it was lost in between.
+    published_at = models.DateTimeField(null=True, blank=True)
+    sending_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # When a deferred or retrying message becomes due (send_at, or the retry backoff).
+    release_at = models.DateTimeField(null=True, blank=True)
+    provider = models.CharField(max_length=100, blank=True)
+    last_error = models.TextField(blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-accepted_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="unique_idempotency_key_per_customer",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["customer", "-accepted_at"], name="message_customer_recent"),
+            models.Index(
+                fields=["customer", "status", "-accepted_at"], name="message_customer_status"
+            ),
+            # The sweeper's scans touch only unfinished rows, so keep these indexes partial.
+            models.Index(
+                fields=["accepted_at"],
+                condition=models.Q(status="queued", published_at__isnull=True),
+                name="message_unpublished",
+            ),
+            models.Index(
+                fields=["release_at"],
+                condition=models.Q(status__in=["retrying", "deferred"]),
+                name="message_release",
+            ),
+            models.Index(
+                fields=["sending_at"],
+                condition=models.Q(status="sending"),
+                name="message_sending_lease",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def latency_seconds(self) -> float | None:
+        if self.sent_at is None:
+            return None
+        return (self.sent_at - self.accepted_at).total_seconds()
+
+
+class DeliveryAttempt(models.Model):
+    """One try of one message with one provider."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
+    provider = models.CharField(max_length=100)
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    succeeded = models.BooleanField()
+    error = models.TextField(blank=True)
+    permanent = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["started_at"]
+
+    def __str__(self) -> str:
+        outcome = "ok" if self.succeeded else ("permanent" if self.permanent else "temporary")
+        return f"{self.message_id} via {self.provider}: {outcome}"

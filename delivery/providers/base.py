@@ -1,0 +1,102 @@
+"""The provider contract: one small class per way of handing an email to someone else.
+
+A provider turns an `Email` into a `SendResult` or raises a `ProviderError`. It writes nothing
+to the database and has no retry policy: the caller (sending.py) owns both.
+
+Errors say whether to retry::
+
+    ProviderError(message, permanent)
+    ├── TemporaryError           retry later, or fail over to the next provider
+    │   ├── ProviderTimeout      no answer in time (the message may or may not have gone)
+    │   ├── ProviderUnavailable  cannot connect, 5xx from an HTTP API, SMTP 4xx
+    │   └── ProviderThrottled    the provider asked us to slow down (HTTP 429, SMTP 421/452)
+    └── PermanentError           do not retry: bad address, content rejected (SMTP 5xx)
+"""
+
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    """A fully rendered email, ready for any provider."""
+
+    message_id: str  # stable per mailq message: receivers can deduplicate a resend
+    from_email: str
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    html: str
+    reply_to: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_mime(self) -> EmailMessage:
+        mime = EmailMessage()
+        mime["Message-ID"] = self.message_id
+        mime["Date"] = formatdate(localtime=False)
+        mime["From"] = self.from_email
+        mime["To"] = ", ".join(self.to)
+        if self.reply_to:
+            mime["Reply-To"] = self.reply_to
+        mime["Subject"] = self.subject
+        for name, value in self.headers.items():
+            mime[name] = value
+        if self.text and self.html:
+            mime.set_content(self.text)
+            mime.add_alternative(self.html, subtype="html")
+        elif self.html:
+            mime.set_content(self.html, subtype="html")
+        else:
+            mime.set_content(self.text)
+        return mime
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    provider: str
+    provider_message_id: str = ""
+
+
+class ProviderError(Exception):
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+class TemporaryError(ProviderError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+class ProviderTimeout(TemporaryError):
+    pass
+
+
+class ProviderUnavailable(TemporaryError):
+    pass
+
+
+class ProviderThrottled(TemporaryError):
+    pass
+
+
+class PermanentError(ProviderError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
+class Provider(Protocol):
+    """What every provider implements."""
+
+    scheme: ClassVar[str]
+    name: str  # shown on attempts and messages, without secrets
+
+    @classmethod
+    def from_url(cls, url: str) -> "Provider": ...
+
+    def send(self, email: Email) -> SendResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,188 @@
+"""Worker side: claim -> render -> provider chain -> record.
+
+Three short database round trips per task, however many messages it carries: one claim
+(the send ledger), one bulk insert of attempts, one bulk update of outcomes. No transaction
+is held open while a provider is called.
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from psycopg2.extras import execute_values
+
+from delivery.models import DeliveryAttempt, Message, Status
+from delivery.providers import build_chain
+from delivery.providers.base import Email, Provider, ProviderError
+from templates.models import TemplateVersion
+from templates.rendering import RenderError, render
+
+log = logging.getLogger(__name__)
+
+_chain: list[Provider] | None = None
+# Template versions are immutable, so a worker process may cache them for its whole life.
+_versions: dict[int, TemplateVersion] = {}
+
+
+def provider_chain() -> list[Provider]:
+    """The process-wide provider chain; connections inside it are reused across tasks."""
+    global _chain
+    if _chain is None:
+        _chain = build_chain(settings.MAILQ_PROVIDERS)
+    return _chain
+
+
+def close_providers() -> None:
+    global _chain
+    for provider in _chain or []:
+        provider.close()
+    _chain = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    message: Message
+    status: Status
+    at: datetime
+    provider: str = ""
+    error: str = ""
+    release_at: datetime | None = None
+    attempts: list[DeliveryAttempt] = field(default_factory=list)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform in [base, base * 2**(attempt-1)], capped."""
+    base = settings.MAILQ_RETRY_BASE_SECONDS
+    ceiling = min(settings.MAILQ_RETRY_MAX_SECONDS, base * 2 ** max(attempt - 1, 0))
+    return random.uniform(base, max(base, ceiling))
+
+
+def deliver(message_ids: list[str]) -> dict[str, int]:
+    """Deliver the messages among `message_ids` that are still queued. Safe to run twice."""
+    messages = Message.objects.claim(message_ids)
+    if not messages:
+        return {}
+    _load_versions({m.template_version_id for m in messages})
+    outcomes = [_deliver_one(message) for message in messages]
+    _record(outcomes)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
+
+
+def _load_versions(version_ids: set[int]) -> None:
+    missing = version_ids - _versions.keys()
+    if missing:
+        _versions.update(TemplateVersion.objects.in_bulk(missing))
+
+
+def build_email(message: Message, version: TemplateVersion) -> Email:
+    content = render(version, message.data)
+    return Email(
+        message_id=f"<{message.id}@{settings.MAILQ_MESSAGE_ID_DOMAIN}>",
+        from_email=message.from_email,
+        to=tuple(message.to),
+        subject=content.subject,
+        text=content.text,
+        html=content.html,
+        reply_to=message.reply_to,
+        headers={"X-Mailq-Message-Id": str(message.id)},
+    )
+
+
+def _deliver_one(message: Message) -> Outcome:
+    try:
+        email = build_email(message, _versions[message.template_version_id])
+    except RenderError as exc:
+        # A template that cannot render will not render on retry either: fail at once.
+        now = timezone.now()
+        attempt = DeliveryAttempt(
+            message=message,
+            provider="render",
+            started_at=now,
+            duration_ms=0.0,
+            succeeded=False,
+            error=exc.message,
+            permanent=True,
+        )
+        return Outcome(message, Status.FAILED, now, error=exc.message, attempts=[attempt])
+
+    attempts: list[DeliveryAttempt] = []
+    last_error = ""
+    for provider in provider_chain():
+        started = timezone.now()
+        t0 = time.perf_counter()
+        try:
+            result = provider.send(email)
+        except ProviderError as exc:
+            attempts.append(_attempt(message, provider.name, started, t0, exc))
+            last_error = f"{provider.name}: {exc.message}"
+            if exc.permanent:
+                # The message itself is refused (bad address, content): no failover, no retry.
+                return Outcome(
+                    message,
+                    Status.FAILED,
+                    timezone.now(),
+                    provider.name,
+                    last_error,
+                    attempts=attempts,
+                )
+            continue  # temporary: fail over to the next provider
+        attempts.append(_attempt(message, provider.name, started, t0, None))
+        return Outcome(message, Status.SENT, timezone.now(), result.provider, attempts=attempts)
+
+    now = timezone.now()
+    if message.attempts >= settings.MAILQ_MAX_ATTEMPTS:
+        return Outcome(message, Status.DEAD, now, error=last_error, attempts=attempts)
+    release_at = now + timedelta(seconds=backoff_seconds(message.attempts))
+    return Outcome(
+        message, Status.RETRYING, now, error=last_error, release_at=release_at, attempts=attempts
+    )
+
+
+def _attempt(
+    message: Message, provider: str, started: datetime, t0: float, error: ProviderError | None
+) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        message=message,
+        provider=provider,
+        started_at=started,
+        duration_ms=(time.perf_counter() - t0) * 1000,
+        succeeded=error is None,
+        error=error.message if error else "",
+        permanent=bool(error and error.permanent),
+    )
+
+
+_RECORD_SQL = """
+    UPDATE delivery_message AS m
+       SET status = v.status,
+           sent_at = v.sent_at,
+           finished_at = v.finished_at,
+           release_at = v.release_at,
+           provider = v.provider,
+           last_error = v.last_error
+      FROM (VALUES %s) AS v(id, status, sent_at, finished_at, release_at, provider, last_error)
+     WHERE m.id = v.id AND m.status = 'sending'
+"""
+_RECORD_TEMPLATE = "(%s::uuid, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
+
+
+def _record(outcomes: list[Outcome]) -> None:
+    """Write every attempt and every outcome: two statements for the whole task."""
+    DeliveryAttempt.objects.bulk_create([a for o in outcomes for a in o.attempts])
+    rows = []
+    for o in outcomes:
+        finished = o.at if o.status in (Status.SENT, Status.FAILED, Status.DEAD) else None
+        sent = o.at if o.status == Status.SENT else None
+        rows.append(
+            (str(o.message.id), o.status.value, sent, finished, o.release_at, o.provider, o.error)
+        )
+    with connection.cursor() as cursor:
+        execute_values(cursor.cursor, _RECORD_SQL, rows, template=_RECORD_TEMPLATE)

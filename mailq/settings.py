@@ -1,0 +1,218 @@
+"""mailq settings: everything comes from environment variables, with working local defaults.
+
+The typed helpers fail loudly on a malformed value instead of silently using a default.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "customers",
+    "templates.apps.EmailTemplatesConfig",
+    "delivery",
+]
+
+MIDDLEWARE = [
+    "mailq.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailq.urls"
+WSGI_APPLICATION = "mailq.wsgi.application"
+
+# Only Django's own admin templates are file-based; customer templates live in the database.
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", "postgres://mailq:mailq@127.0.0.1:5432/mailq"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+        conn_health_checks=True,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "mailq",
+    }
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Bodies over this size are refused with 413 before anything parses them.
+MAILQ_MAX_BODY_BYTES = env_int("MAILQ_MAX_BODY_BYTES", 256 * 1024)
+# A batch of 500 messages legitimately needs more room than a single send.
+MAILQ_MAX_BATCH_BODY_BYTES = env_int("MAILQ_MAX_BATCH_BODY_BYTES", 4 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAILQ_MAX_BODY_BYTES, MAILQ_MAX_BATCH_BODY_BYTES)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["customers.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "mailq.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mailq API",
+    "DESCRIPTION": "Templated transactional email, delivered in real time.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- delivery -------------------------------------------------------------------------------
+# Provider URLs in failover order.
+MAILQ_PROVIDERS = env_list("MAILQ_PROVIDERS", "smtp://127.0.0.1:1025")
+MAILQ_DEFAULT_FROM = env_str("MAILQ_DEFAULT_FROM", "mailq <no-reply@mailq.localhost>")
+MAILQ_MESSAGE_ID_DOMAIN = env_str("MAILQ_MESSAGE_ID_DOMAIN", "mailq.localhost")
+MAILQ_MAX_ATTEMPTS = env_int("MAILQ_MAX_ATTEMPTS", 8)
+MAILQ_RETRY_BASE_SECONDS = env_float("MAILQ_RETRY_BASE_SECONDS", 2.0)
+MAILQ_RETRY_MAX_SECONDS = env_float("MAILQ_RETRY_MAX_SECONDS", 600.0)
+MAILQ_SMTP_TIMEOUT_SECONDS = env_float("MAILQ_SMTP_TIMEOUT_SECONDS", 10.0)
+# A queued message never confirmed as published is re-published after this long.
+MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = env_float("MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS", 10.0)
+# A message left in `sending` this long belongs to a worker that died; it is sent again.
+MAILQ_SENDING_LEASE_SECONDS = env_float("MAILQ_SENDING_LEASE_SECONDS", 120.0)
+MAILQ_SWEEP_INTERVAL_SECONDS = env_float("MAILQ_SWEEP_INTERVAL_SECONDS", 2.0)
+MAILQ_SWEEP_BATCH = env_int("MAILQ_SWEEP_BATCH", 500)
+# Message ids carried by one task when a batch is accepted.
+MAILQ_TASK_BATCH_SIZE = env_int("MAILQ_TASK_BATCH_SIZE", 50)
+MAILQ_BATCH_MAX_ITEMS = 500
+MAILQ_MAX_RECIPIENTS = env_int("MAILQ_MAX_RECIPIENTS", 50)
+MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
+
+# --- Celery (namespace CELERY_) ---------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# Publisher confirms: apply_async returns only once RabbitMQ has taken the message.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_POOL_LIMIT = env_int("CELERY_BROKER_POOL_LIMIT", 10)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = MAILQ_MAINTENANCE_QUEUE
+CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+# At-least-once: ack after the task ran, requeue when the worker process dies mid-task.
+# The send ledger (a conditional UPDATE on the message row) makes the second delivery harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("MAILQ_TASK_EVENTS", True)
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {
+        "task": "delivery.tasks.sweep",
+        "schedule": MAILQ_SWEEP_INTERVAL_SECONDS,
+        "options": {"queue": MAILQ_MAINTENANCE_QUEUE, "expires": 30},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

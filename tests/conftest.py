@@ -1,0 +1,273 @@
+"""Fixtures against the real services: PostgreSQL, RabbitMQ (vhost mailq_test), Redis (db 1).
+
+Named customers: alice and bob (standard tier), charlie (premium). `smtp_sink` is a real SMTP
+server on a free loopback port; `worker` is a real Celery worker process.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import Message as MimeMessage
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from customers.models import Customer
+from delivery import sending
+from delivery.smtp_sink import SinkHandler, start
+from mailq.celery import app
+from tests.factories import CustomerFactory, template, tier
+
+TIER_QUEUES = ["mailq.free", "mailq.standard", "mailq.premium", "mailq.maintenance"]
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05
+) -> bool:
+    """Poll `predicate` until it is true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@dataclass
+class Account:
+    customer: Customer
+    key: str
+    client: APIClient
+
+
+def _account(name: str, tier_name: str) -> Account:
+    customer = CustomerFactory(name=name, tier=tier(tier_name))
+    _, key = customer.issue_key()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    template(customer)
+    return Account(customer, key, client)
+
+
+@pytest.fixture
+def alice(db) -> Account:
+    return _account("alice", "standard")
+
+
+@pytest.fixture
+def bob(db) -> Account:
+    return _account("bob", "standard")
+
+
+@pytest.fixture
+def charlie(db) -> Account:
+    return _account("charlie", "premium")
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+
+
+# --- SMTP ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sink:
+    """A real SMTP server that keeps mail in memory and can refuse on purpose."""
+
+    host: str
+    port: int
+    received: list[MimeMessage] = field(default_factory=list)
+    # recipient -> SMTP replies to give, in order, before accepting (e.g. ["451 4.3.0 busy"])
+    refusals: dict[str, list[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def store(self, email: MimeMessage, envelope) -> None:
+        with self.lock:
+            self.received.append(email)
+
+    def reply_for(self, envelope) -> str | None:
+        with self.lock:
+            for rcpt in envelope.rcpt_tos:
+                replies = self.refusals.get(rcpt)
+                if replies:
+                    return replies.pop(0)
+        return None
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[MimeMessage]:
+        wait_until(lambda: len(self.received) >= count, timeout)
+        return list(self.received)
+
+    def by_message_id(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for email in self.received:
+            counts[email["X-Mailq-Message-Id"]] = counts.get(email["X-Mailq-Message-Id"], 0) + 1
+        return counts
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Sink]:
+    sink = Sink("127.0.0.1", free_port())
+    controller = start(SinkHandler(sink.store, sink.reply_for), sink.host, sink.port)
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def providers(settings, smtp_sink) -> Iterator[Sink]:
+    """Point this process's provider chain at the test sink."""
+    settings.MAILQ_PROVIDERS = [smtp_sink.url]
+    sending.close_providers()
+    yield smtp_sink
+    sending.close_providers()
+
+
+# --- broker and workers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker() -> Iterator[None]:
+    """Empty the test vhost's queues before and after the test."""
+
+    def purge() -> None:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in TIER_QUEUES:
+                channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+                channel.queue_purge(queue)
+
+    purge()
+    yield
+    purge()
+
+
+def test_database_url() -> str:
+    db = django_settings.DATABASES["default"]
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+test_database_url.__test__ = False  # not a test, despite the name
+
+
+class WorkerProcess:
+    """A real `celery worker` process on the test vhost and the test database."""
+
+    def __init__(self, env: dict[str, str], queues: list[str], concurrency: int) -> None:
+        self.output: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "mailq",
+                "worker",
+                "-Q",
+                ",".join(queues),
+                "-c",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self.ready.wait(60):
+            self.stop()
+            raise RuntimeError("worker did not start:\n" + "".join(self.output[-50:]))
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish in-flight tasks
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def start_worker(
+    request, transactional_db, broker, smtp_sink
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes that deliver to `smtp_sink`. Stopped after the test."""
+    started: list[WorkerProcess] = []
+    request.node._mailq_workers = started
+
+    def _start(queues: list[str] | None = None, concurrency: int = 2, **extra_env: str):
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": test_database_url(),
+            "MAILQ_TEST_BROKER_URL": django_settings.CELERY_BROKER_URL,
+            "MAILQ_TEST_PROVIDERS": smtp_sink.url,
+            **extra_env,
+        }
+        worker = WorkerProcess(env, queues or TIER_QUEUES, concurrency)
+        started.append(worker)
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker) -> WorkerProcess:
+    return start_worker()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the output of the test's worker processes to the report."""
+    report = yield
+    if report.failed and call.when == "call":
+        workers = getattr(item, "_mailq_workers", [])
+        for worker in workers:
+            report.sections.append(("worker output", "".join(worker.output[-80:])))
+    return report
