@@ -18,7 +18,13 @@ from psycopg2.extras import execute_values
 
 from delivery.models import DeliveryAttempt, Message, Status
 from delivery.providers import build_chain
-from delivery.providers.base import Email, Provider, ProviderError
+from delivery.providers.base import (
+    Email,
+    Provider,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from templates.models import TemplateVersion
 from templates.rendering import RenderError, render
 
@@ -68,7 +74,10 @@ def deliver(message_ids: list[str]) -> dict[str, int]:
     if not messages:
         return {}
     _load_versions({m.template_version_id for m in messages})
-    outcomes = [_deliver_one(message) for message in messages]
+    # Providers that failed at the connection level are skipped for the rest of this task, so
+    # a dead provider costs one timeout per task, not one per message.
+    down: set[str] = set()
+    outcomes = [_deliver_one(message, down) for message in messages]
     _record(outcomes)
     counts: dict[str, int] = {}
     for outcome in outcomes:
@@ -96,7 +105,7 @@ def build_email(message: Message, version: TemplateVersion) -> Email:
     )
 
 
-def _deliver_one(message: Message) -> Outcome:
+def _deliver_one(message: Message, down: set[str]) -> Outcome:
     try:
         email = build_email(message, _versions[message.template_version_id])
     except RenderError as exc:
@@ -116,6 +125,9 @@ def _deliver_one(message: Message) -> Outcome:
     attempts: list[DeliveryAttempt] = []
     last_error = ""
     for provider in provider_chain():
+        if provider.name in down:
+            last_error = last_error or f"{provider.name}: unavailable earlier in this task"
+            continue
         started = timezone.now()
         t0 = time.perf_counter()
         try:
@@ -133,6 +145,8 @@ def _deliver_one(message: Message) -> Outcome:
                     last_error,
                     attempts=attempts,
                 )
+            if isinstance(exc, (ProviderTimeout, ProviderUnavailable)):
+                down.add(provider.name)
             continue  # temporary: fail over to the next provider
         attempts.append(_attempt(message, provider.name, started, t0, None))
         return Outcome(message, Status.SENT, timezone.now(), result.provider, attempts=attempts)
@@ -168,10 +182,13 @@ _RECORD_SQL = """
            release_at = v.release_at,
            provider = v.provider,
            last_error = v.last_error
-      FROM (VALUES %s) AS v(id, status, sent_at, finished_at, release_at, provider, last_error)
-     WHERE m.id = v.id AND m.status = 'sending'
+      FROM (VALUES %s)
+        AS v(id, claimed_at, status, sent_at, finished_at, release_at, provider, last_error)
+     WHERE m.id = v.id AND m.status = 'sending' AND m.sending_at = v.claimed_at
 """
-_RECORD_TEMPLATE = "(%s::uuid, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
+_RECORD_TEMPLATE = (
+    "(%s::uuid, %s::timestamptz, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
+)
 
 
 def _record(outcomes: list[Outcome]) -> None:
@@ -182,7 +199,16 @@ def _record(outcomes: list[Outcome]) -> None:
         finished = o.at if o.status in (Status.SENT, Status.FAILED, Status.DEAD) else None
         sent = o.at if o.status == Status.SENT else None
         rows.append(
-            (str(o.message.id), o.status.value, sent, finished, o.release_at, o.provider, o.error)
+            (
+                str(o.message.id),
+                o.message.sending_at,
+                o.status.value,
+                sent,
+                finished,
+                o.release_at,
+                o.provider,
+                o.error,
+            )
         )
     with connection.cursor() as cursor:
         execute_values(cursor.cursor, _RECORD_SQL, rows, template=_RECORD_TEMPLATE)

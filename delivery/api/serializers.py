@@ -1,10 +1,19 @@
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from delivery.intake import SendRequest
 from delivery.models import DeliveryAttempt, Message, Status
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "format": "email"},
+            {"type": "array", "items": {"type": "string", "format": "email"}, "minItems": 1},
+        ]
+    }
+)
 class RecipientsField(serializers.Field):
     """An email address or a non-empty list of them."""
 
@@ -120,6 +129,15 @@ class AcceptedSerializer(serializers.Serializer):
     status = serializers.CharField()
     accepted_at = serializers.DateTimeField()
     send_at = serializers.DateTimeField(allow_null=True)
+
+
+class BatchResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = serializers.ListField(
+        child=serializers.DictField(),
+        help_text='In request order: {"id", "status", ...} or {"error": {...}} per message.',
+    )
 
 
 class AttemptSerializer(serializers.ModelSerializer):

@@ -13,6 +13,7 @@ from delivery import intake
 from delivery.api.serializers import (
     AcceptedSerializer,
     AttemptSerializer,
+    BatchResultSerializer,
     BatchSerializer,
     MessageFilterSerializer,
     MessageSerializer,
@@ -91,7 +92,11 @@ class MessagesView(APIView):
 
 
 class BatchView(APIView):
-    @extend_schema(request=BatchSerializer, operation_id="send_batch")
+    @extend_schema(
+        request=BatchSerializer,
+        responses={202: BatchResultSerializer},
+        operation_id="send_batch",
+    )
     def post(self, request: Request) -> Response:
         envelope = BatchSerializer(data=request.data)
         envelope.is_valid(raise_exception=True)

@@ -6,9 +6,9 @@ to the database and has no retry policy: the caller (sending.py) owns both.
 Errors say whether to retry::
 
     ProviderError(message, permanent)
-    ├── TemporaryError           retry later, or fail over to the next provider
+    ├── TemporaryError           retry later, or fail over to the next provider (SMTP 4xx)
     │   ├── ProviderTimeout      no answer in time (the message may or may not have gone)
-    │   ├── ProviderUnavailable  cannot connect, 5xx from an HTTP API, SMTP 4xx
+    │   ├── ProviderUnavailable  cannot connect, connection lost, 5xx from an HTTP API
     │   └── ProviderThrottled    the provider asked us to slow down (HTTP 429, SMTP 421/452)
     └── PermanentError           do not retry: bad address, content rejected (SMTP 5xx)
 """

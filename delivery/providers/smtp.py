@@ -32,7 +32,7 @@ def classify(code: int, detail: str) -> ProviderError:
     if code in THROTTLE_CODES:
         return ProviderThrottled(message)
     if 400 <= code < 500:
-        return ProviderUnavailable(message)
+        return TemporaryError(message)  # about this message; the server itself is fine
     if code >= 500:
         return PermanentError(message)
     return TemporaryError(message)

@@ -131,3 +131,29 @@ def test_a_second_template_of_another_customer_is_not_confused(alice, bob, provi
     [message] = accepted(bob.customer, template_slug="other")
     sending.deliver([str(message.id)])
     assert providers.received[0]["Subject"] == "Bob N0"
+
+
+def test_a_dead_provider_costs_one_attempt_per_task_not_one_per_message(alice, providers, settings):
+    from tests.conftest import free_port
+
+    dead = f"smtp://127.0.0.1:{free_port()}"
+    settings.MAILQ_PROVIDERS = [dead, providers.url]
+    sending.close_providers()
+    messages = accepted(alice.customer, count=5)
+    assert sending.deliver([str(m.id) for m in messages]) == {"sent": 5}
+    assert DeliveryAttempt.objects.filter(provider=dead).count() == 1
+    assert DeliveryAttempt.objects.filter(provider=providers.url, succeeded=True).count() == 5
+
+
+def test_an_outcome_is_not_recorded_over_a_newer_claim(alice, providers):
+    """A worker whose lease expired must not overwrite the claim that replaced it."""
+    from django.utils import timezone
+
+    [message] = accepted(alice.customer)
+    [claimed] = Message.objects.claim([str(message.id)])
+    # The lease expired and the sweeper requeued it; another worker claimed it again.
+    Message.objects.filter(pk=message.pk).update(status=Status.QUEUED)
+    Message.objects.claim([str(message.id)])
+    stale = sending.Outcome(claimed, Status.FAILED, timezone.now(), error="stale")
+    sending._record([stale])
+    assert reload(message).status == Status.SENDING
