@@ -54,6 +54,15 @@ class Customer(models.Model):
     default_from = models.CharField(
         max_length=320, blank=True, help_text="Used when a send names no from address."
     )
+    inflight_cap = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Overrides the tier's in-flight cap for this customer (its fair-share weight).",
+    )
+    sending_paused = models.BooleanField(
+        default=False,
+        help_text="Paused: new and waiting messages stay deferred (nothing is lost) until resumed.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -68,6 +77,13 @@ class Customer(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def effective_inflight_cap(self) -> int:
+        """How many messages of this customer may be in the broker or sending at once."""
+        if self.sending_paused:
+            return 0
+        return self.inflight_cap if self.inflight_cap is not None else self.tier.inflight_cap
 
     def issue_key(self, name: str = "") -> tuple["ApiKey", str]:
         """Create a key and return it with its plaintext, which is never stored."""

@@ -87,10 +87,10 @@ def _prepare(customer: Customer, req: SendRequest, resolver: _TemplateResolver) 
     )
 
 
-def _store(messages: list[Message]) -> None:
+def _store(customer: Customer, messages: list[Message]) -> None:
     """Insert with one multi-row statement, then publish after the commit."""
     with transaction.atomic():
-        routing.admit(messages)
+        routing.admit(customer, messages)
         Message.objects.bulk_create(messages)
         routing.publish_after_commit(messages)
 
@@ -108,7 +108,7 @@ def accept_one(
     message.idempotency_key = idempotency_key
     message.request_hash = digest
     try:
-        _store([message])
+        _store(customer, [message])
     except IntegrityError:
         # Two requests with the same key raced; the other one won. Answer as a replay.
         existing = _existing(customer, idempotency_key or "", digest)
@@ -147,5 +147,5 @@ def accept_many(
             results.append(exc)
     valid = [r for r in results if isinstance(r, Message)]
     if valid:
-        _store(valid)
+        _store(customer, valid)
     return results

@@ -101,9 +101,21 @@ class Message(models.Model):
             ),
             # The sweeper's scans touch only unfinished rows, so keep these indexes partial.
             models.Index(
-                fields=["accepted_at"],
+                fields=["queued_at"],
                 condition=models.Q(status="queued", published_at__isnull=True),
                 name="message_unpublished",
+            ),
+            # Fair share: a customer's in-flight count (bounded by its cap, so cheap to count)
+            # and its deferred backlog, oldest first.
+            models.Index(
+                fields=["customer"],
+                condition=models.Q(status__in=["queued", "sending"]),
+                name="message_inflight",
+            ),
+            models.Index(
+                fields=["customer", "accepted_at"],
+                condition=models.Q(status="deferred", release_at__isnull=True),
+                name="message_backlog",
             ),
             models.Index(
                 fields=["release_at"],

@@ -1,12 +1,18 @@
 """Routing: the one place that decides which queue a message goes to, and when.
 
-`admit` decides, before the insert, whether an accepted message is released now (`queued`)
-or waits in PostgreSQL (`deferred`, e.g. a future `send_at`). `publish` hands released
-messages to RabbitMQ, after their rows are committed, with publisher confirms, and records
-`published_at`. A publish that fails is not an error for the caller: the row is committed,
-so the sweeper finds it (queued, never published) and publishes it again.
+Fair share (MAILQ_ROUTING=fair, the default) keeps the broker short: each customer may have at
+most its in-flight cap of messages `queued` or `sending`; the rest of a burst waits in
+PostgreSQL as `deferred` and is released as that customer's messages finish. A quiet customer
+under its cap takes the fast path (published at once, at high priority), so it waits behind at
+most the messages already executing, never behind another customer's backlog.
+See docs/fair-share.md for the mechanism and its bound.
 
-Tasks are published by name, so this module does not import the worker side.
+`fifo` publishes everything at once to the tier queue, as a naive system does; it exists so a
+benchmark can show the difference.
+
+Tasks are published by name, so this module does not import the worker side. A publish that
+fails is not an error for the caller: the row is committed, so the sweeper finds it (queued,
+never published) and publishes it again.
 """
 
 import logging
@@ -14,10 +20,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
+from customers.models import Customer
 from delivery.models import Message, Status
 from mailq.celery import app
 
@@ -26,30 +33,77 @@ log = logging.getLogger(__name__)
 DELIVER_TASK = "delivery.tasks.deliver"
 DELIVER_BATCH_TASK = "delivery.tasks.deliver_batch"
 
+# Within a tier queue: fast-path messages of customers under their cap go first; released
+# backlog, retries and republished messages after. RabbitMQ orders by priority at delivery.
+PRIORITY_FAST = 2
+PRIORITY_BACKLOG = 0
+
 # Fail fast when the broker is away: the request already committed, the sweeper retries.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 
+# Namespace of the advisory locks that serialise one customer's releases.
+_REFILL_LOCK = 0x6D71  # "mq"
 
-def admit(messages: Iterable[Message]) -> None:
-    """Set the initial status of new (unsaved) messages."""
+
+def fair() -> bool:
+    return settings.MAILQ_ROUTING == "fair"
+
+
+# --- accepting ------------------------------------------------------------------------------
+
+_FLOW_SQL = """
+    SELECT (SELECT count(*) FROM delivery_message
+             WHERE customer_id = %(c)s AND status IN ('queued', 'sending')),
+           EXISTS (SELECT 1 FROM delivery_message
+                    WHERE customer_id = %(c)s AND status = 'deferred' AND release_at IS NULL)
+"""
+
+
+def admit(customer: Customer, messages: Sequence[Message]) -> None:
+    """Set the initial status of one customer's new (unsaved) messages.
+
+    Fair mode: messages fit in the customer's free in-flight slots take the fast path; if
+    the customer already has a backlog, new messages queue behind it (per-customer order).
+    """
     now = timezone.now()
+    due = []
     for message in messages:
         if message.send_at is not None and message.send_at > now:
-            message.status = Status.DEFERRED
-            message.release_at = message.send_at
+            message.status, message.release_at = Status.DEFERRED, message.send_at
         else:
-            message.status = Status.QUEUED
-            message.queued_at = now
+            due.append(message)
+    free = len(due)
+    if fair() and due:
+        free = _free_slots(customer)
+    for index, message in enumerate(due):
+        if index < free:
+            message.status, message.queued_at = Status.QUEUED, now
+        else:
+            message.status = Status.DEFERRED  # backlog: release_at stays NULL
+
+
+def _free_slots(customer: Customer) -> int:
+    cap = customer.effective_inflight_cap
+    if cap == 0:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_FLOW_SQL, {"c": customer.pk})
+        inflight, has_backlog = cursor.fetchone()
+    # Two concurrent requests may both see the same free slots: the cap can be exceeded by
+    # at most one request's worth per web worker, and it corrects itself as messages finish.
+    return 0 if has_backlog else max(cap - inflight, 0)
 
 
 def publish_after_commit(messages: Sequence[Message]) -> None:
     """Publish the queued ones among `messages` once the current transaction commits."""
     queued = [(str(m.id), m.queue) for m in messages if m.status == Status.QUEUED]
     if queued:
-        transaction.on_commit(lambda: publish(queued))
+        transaction.on_commit(lambda: publish(queued, PRIORITY_FAST))
 
 
-def publish(id_queue_pairs: Sequence[tuple[str, str]]) -> int:
+# --- publishing -----------------------------------------------------------------------------
+
+def publish(id_queue_pairs: Sequence[tuple[str, str]], priority: int = PRIORITY_BACKLOG) -> int:
     """Publish committed, queued messages to their queues; return how many were confirmed.
 
     One id goes as `deliver(id)` (the real-time path); several go as `deliver_batch(ids)`
@@ -64,7 +118,7 @@ def publish(id_queue_pairs: Sequence[tuple[str, str]]) -> int:
         size = settings.MAILQ_TASK_BATCH_SIZE
         for chunk in (ids[i : i + size] for i in range(0, len(ids), size)):
             try:
-                _send(queue, chunk)
+                _send(queue, chunk, priority)
             except (OperationalError, KombuError, OSError) as exc:
                 log.warning("publish to %s failed (%s); the sweeper will retry", queue, exc)
                 continue
@@ -76,7 +130,7 @@ def publish(id_queue_pairs: Sequence[tuple[str, str]]) -> int:
     return len(confirmed)
 
 
-def _send(queue: str, ids: list[str]) -> None:
+def _send(queue: str, ids: list[str], priority: int) -> None:
     if len(ids) == 1:
         name, args = DELIVER_TASK, [ids[0]]
     else:
@@ -85,6 +139,108 @@ def _send(queue: str, ids: list[str]) -> None:
         name,
         args=args,
         queue=queue,
+        priority=priority,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
     )
+
+
+# --- releasing ------------------------------------------------------------------------------
+
+# Release the customer's oldest deferred messages into its free in-flight slots, into its
+# current tier's queue. The advisory lock serialises concurrent refills of one customer, so
+# two finishing workers cannot both fill the same free slots.
+_REFILL_SQL = """
+    WITH cap AS (
+        SELECT CASE WHEN c.sending_paused THEN 0
+                    ELSE COALESCE(c.inflight_cap, t.inflight_cap) END AS n,
+               t.queue
+          FROM customers_customer c JOIN customers_tier t ON t.id = c.tier_id
+         WHERE c.id = %(c)s),
+    inflight AS (
+        SELECT count(*) AS n FROM delivery_message
+         WHERE customer_id = %(c)s AND status IN ('queued', 'sending')),
+    picked AS (
+        SELECT id FROM delivery_message
+         WHERE customer_id = %(c)s AND status = 'deferred' AND release_at IS NULL
+         ORDER BY accepted_at
+         LIMIT GREATEST((SELECT n FROM cap) - (SELECT n FROM inflight), 0)
+           FOR UPDATE SKIP LOCKED)
+    UPDATE delivery_message m
+       SET status = 'queued', queued_at = %(now)s, published_at = NULL,
+           queue = (SELECT queue FROM cap)
+      FROM picked
+     WHERE m.id = picked.id
+ RETURNING m.id::text, m.queue
+"""
+
+
+def refill(customer_ids: Iterable[int]) -> int:
+    """Release deferred messages of these customers into their free in-flight slots."""
+    if not fair():
+        return 0
+    released = 0
+    for customer_id in sorted(set(customer_ids)):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_REFILL_LOCK, customer_id])
+            cursor.execute(_REFILL_SQL, {"c": customer_id, "now": timezone.now()})
+            rows = cursor.fetchall()
+        # Published after the commit; a crash in between leaves them queued and unpublished,
+        # which the sweeper republishes.
+        if rows:
+            publish(rows, PRIORITY_BACKLOG)
+            released += len(rows)
+    return released
+
+
+_BACKLOG_CUSTOMERS_SQL = """
+    SELECT customer_id FROM delivery_message
+     WHERE status = 'deferred' AND release_at IS NULL
+     GROUP BY customer_id
+     ORDER BY min(accepted_at)
+"""
+
+
+def reconcile() -> int:
+    """Release stragglers of every customer with a backlog (after a crash, a resume, a cap
+    change, or a race between accepting and finishing). Oldest backlog first."""
+    if not fair():
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_BACKLOG_CUSTOMERS_SQL)
+        customer_ids = [row[0] for row in cursor.fetchall()]
+    return sum(refill([customer_id]) for customer_id in customer_ids)
+
+
+# Scheduled sends whose time has come and retries whose backoff has passed. In fair mode they
+# join their customer's backlog (in acceptance order) and are released within its cap;
+# in fifo mode they are queued and published at once.
+_DUE_SQL = """
+    UPDATE delivery_message
+       SET status = %(status)s, release_at = NULL, queued_at = %(queued_at)s,
+           published_at = NULL
+     WHERE id IN (
+         SELECT id FROM delivery_message
+          WHERE status IN ('deferred', 'retrying') AND release_at <= %(now)s
+          ORDER BY release_at
+          LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED)
+ RETURNING id::text, queue, customer_id
+"""
+
+
+def release_due() -> int:
+    now = timezone.now()
+    params = {"now": now, "limit": settings.MAILQ_SWEEP_BATCH}
+    if fair():
+        params |= {"status": Status.DEFERRED.value, "queued_at": None}
+    else:
+        params |= {"status": Status.QUEUED.value, "queued_at": now}
+    with connection.cursor() as cursor:
+        cursor.execute(_DUE_SQL, params)
+        rows = cursor.fetchall()
+    if fair():
+        refill(row[2] for row in rows)
+    else:
+        publish([(row[0], row[1]) for row in rows], PRIORITY_BACKLOG)
+    return len(rows)

@@ -68,21 +68,30 @@ def backoff_seconds(attempt: int) -> float:
     return random.uniform(base, max(base, ceiling))
 
 
-def deliver(message_ids: list[str]) -> dict[str, int]:
+@dataclass(slots=True)
+class Report:
+    """What one delivery call did: counts by outcome, and whose messages finished."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    customer_ids: set[int] = field(default_factory=set)
+
+
+def deliver(message_ids: list[str]) -> Report:
     """Deliver the messages among `message_ids` that are still queued. Safe to run twice."""
     messages = Message.objects.claim(message_ids)
+    report = Report()
     if not messages:
-        return {}
+        return report
     _load_versions({m.template_version_id for m in messages})
     # Providers that failed at the connection level are skipped for the rest of this task, so
     # a dead provider costs one timeout per task, not one per message.
     down: set[str] = set()
     outcomes = [_deliver_one(message, down) for message in messages]
     _record(outcomes)
-    counts: dict[str, int] = {}
     for outcome in outcomes:
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
-    return counts
+        report.counts[outcome.status] = report.counts.get(outcome.status, 0) + 1
+        report.customer_ids.add(outcome.message.customer_id)
+    return report
 
 
 def _load_versions(version_ids: set[int]) -> None:

@@ -13,28 +13,25 @@ from django.utils import timezone
 
 from delivery import routing
 
-# Queued, accepted a while ago, never confirmed by the broker: the publish was lost.
+# Queued a while ago, never confirmed by the broker: the publish was lost.
 _UNPUBLISHED_SQL = """
     SELECT id::text, queue FROM delivery_message
-     WHERE status = 'queued' AND published_at IS NULL AND accepted_at < %s
-     ORDER BY accepted_at
+     WHERE status = 'queued' AND published_at IS NULL AND queued_at < %s
+     ORDER BY queued_at
      LIMIT %s
 """
 
-# Due deferred/retrying messages, or messages whose `sending` lease expired (dead worker):
-# move them back to queued, clearing published_at, and return them for publishing.
-_REQUEUE_SQL = """
+# Messages whose `sending` lease expired (a dead worker): back to queued, for publishing.
+_RECLAIM_SQL = """
     UPDATE delivery_message SET status = 'queued', queued_at = %(now)s, published_at = NULL
      WHERE id IN (
          SELECT id FROM delivery_message
-          WHERE {condition}
-          ORDER BY {order}
+          WHERE status = 'sending' AND sending_at < %(lease)s
+          ORDER BY sending_at
           LIMIT %(limit)s
-          FOR UPDATE SKIP LOCKED)
+            FOR UPDATE SKIP LOCKED)
  RETURNING id::text, queue
 """
-_DUE = "status IN ('deferred', 'retrying') AND release_at <= %(now)s"
-_LEASE_EXPIRED = "status = 'sending' AND sending_at < %(lease)s"
 
 
 def republish_unpublished() -> int:
@@ -47,29 +44,26 @@ def republish_unpublished() -> int:
     return routing.publish(rows)
 
 
-def _requeue(condition: str, order: str, **params) -> int:
-    params |= {"now": timezone.now(), "limit": settings.MAILQ_SWEEP_BATCH}
+def reclaim_expired_leases() -> int:
+    """Messages claimed by a worker that died mid-send. They may be sent twice (documented)."""
+    now = timezone.now()
+    params = {
+        "now": now,
+        "lease": now - timedelta(seconds=settings.MAILQ_SENDING_LEASE_SECONDS),
+        "limit": settings.MAILQ_SWEEP_BATCH,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_REQUEUE_SQL.format(condition=condition, order=order), params)
+        cursor.execute(_RECLAIM_SQL, params)
         rows = cursor.fetchall()
     routing.publish(rows)
     return len(rows)
 
 
-def release_due() -> int:
-    """Scheduled sends whose time has come and retries whose backoff has passed."""
-    return _requeue(_DUE, "release_at")
-
-
-def reclaim_expired_leases() -> int:
-    """Messages claimed by a worker that died mid-send. They may be sent twice (documented)."""
-    lease = timezone.now() - timedelta(seconds=settings.MAILQ_SENDING_LEASE_SECONDS)
-    return _requeue(_LEASE_EXPIRED, "sending_at", lease=lease)
-
-
 def sweep() -> dict[str, int]:
+    """One pass of every repair; each step is bounded by MAILQ_SWEEP_BATCH."""
     return {
         "republished": republish_unpublished(),
-        "released": release_due(),
+        "due": routing.release_due(),
         "reclaimed": reclaim_expired_leases(),
+        "reconciled": routing.reconcile(),
     }

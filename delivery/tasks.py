@@ -3,24 +3,32 @@
 from celery import shared_task
 from celery.signals import worker_process_shutdown
 
-from delivery import sending, sweeper
+from delivery import routing, sending, sweeper
+
+
+def _deliver(message_ids: list[str]) -> dict[str, int]:
+    report = sending.deliver(message_ids)
+    # The finished messages freed in-flight slots: release those customers' next ones now,
+    # before this task is acked, so a busy customer's pipeline never runs dry.
+    routing.refill(report.customer_ids)
+    return report.counts
 
 
 @shared_task(name="delivery.tasks.deliver")
 def deliver(message_id: str) -> dict[str, int]:
     """Deliver one message: the real-time path."""
-    return sending.deliver([message_id])
+    return _deliver([message_id])
 
 
 @shared_task(name="delivery.tasks.deliver_batch")
 def deliver_batch(message_ids: list[str]) -> dict[str, int]:
     """Deliver a chunk of one tier's messages over the worker's reused connections."""
-    return sending.deliver(message_ids)
+    return _deliver(message_ids)
 
 
 @shared_task(name="delivery.tasks.sweep")
 def sweep() -> dict[str, int]:
-    """Republish lost publishes, release due messages, reclaim expired leases."""
+    """Republish lost publishes, release due and straggling messages, reclaim leases."""
     return sweeper.sweep()
 
 

@@ -159,6 +159,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- delivery -------------------------------------------------------------------------------
+# fair: per-customer in-flight caps, backlog waits in PostgreSQL (docs/fair-share.md).
+# fifo: everything straight to the tier queue (the naive baseline, for benchmarks).
+MAILQ_ROUTING = env_str("MAILQ_ROUTING", "fair")
+if MAILQ_ROUTING not in ("fair", "fifo"):
+    raise ImproperlyConfigured(f"MAILQ_ROUTING must be 'fair' or 'fifo', got {MAILQ_ROUTING!r}")
 # Provider URLs in failover order.
 MAILQ_PROVIDERS = env_list("MAILQ_PROVIDERS", "smtp://127.0.0.1:1025")
 MAILQ_DEFAULT_FROM = env_str("MAILQ_DEFAULT_FROM", "mailq <no-reply@mailq.localhost>")
@@ -191,6 +196,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = MAILQ_MAINTENANCE_QUEUE
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+# Queues are declared with x-max-priority so fast-path messages overtake released backlog.
+CELERY_TASK_QUEUE_MAX_PRIORITY = 3
 # At-least-once: ack after the task ran, requeue when the worker process dies mid-task.
 # The send ledger (a conditional UPDATE on the message row) makes the second delivery harmless.
 CELERY_TASK_ACKS_LATE = True

@@ -152,14 +152,22 @@ def providers(settings, smtp_sink) -> Iterator[Sink]:
 
 @pytest.fixture
 def broker() -> Iterator[None]:
-    """Empty the test vhost's queues before and after the test."""
+    """Empty the test vhost's queues before and after the test.
+
+    Queues are declared exactly as Celery declares them (with x-max-priority); one left by an
+    older declaration is replaced.
+    """
 
     def purge() -> None:
         with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for queue in TIER_QUEUES:
-                channel.queue_declare(queue=queue, durable=True, auto_delete=False)
-                channel.queue_purge(queue)
+            for name in TIER_QUEUES:
+                queue = app.amqp.queues[name]
+                try:
+                    queue(conn.channel()).declare()
+                except conn.channel_errors:
+                    conn.channel().queue_delete(name)
+                    queue(conn.channel()).declare()
+                conn.channel().queue_purge(name)
 
     purge()
     yield

@@ -1,41 +1,12 @@
 import factory
 
 from customers.models import Customer, Tier
+from customers.seed import DEFAULT_TIERS
 from templates.models import EmailTemplate
-
-TIER_DEFAULTS = {
-    "free": dict(
-        pool_weight=1,
-        api_rate_per_second=5,
-        api_burst=50,
-        daily_quota=1_000,
-        monthly_quota=10_000,
-        inflight_cap=5,
-    ),
-    "standard": dict(
-        pool_weight=2,
-        api_rate_per_second=100,
-        api_burst=2_000,
-        daily_quota=200_000,
-        monthly_quota=5_000_000,
-        inflight_cap=20,
-    ),
-    "premium": dict(
-        pool_weight=3,
-        api_rate_per_second=2_000,
-        api_burst=200_000,
-        daily_quota=20_000_000,
-        monthly_quota=500_000_000,
-        inflight_cap=100,
-    ),
-}
-
 
 def tier(name: str = "standard") -> Tier:
     """The seeded tier (recreated after transactional tests flush the tables)."""
-    obj, _ = Tier.objects.get_or_create(
-        name=name, defaults={"queue": f"mailq.{name}", **TIER_DEFAULTS[name]}
-    )
+    obj, _ = Tier.objects.get_or_create(name=name, defaults=DEFAULT_TIERS[name])
     return obj
 
 

@@ -13,7 +13,7 @@ def reload(message: Message) -> Message:
 
 def test_it_sends_a_queued_message_and_records_the_attempt(alice, providers):
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"sent": 1}
+    assert sending.deliver([str(message.id)]).counts == {"sent": 1}
     assert len(providers.received) == 1
     message = reload(message)
     assert message.status == Status.SENT
@@ -26,7 +26,7 @@ def test_it_sends_a_queued_message_and_records_the_attempt(alice, providers):
 def test_the_ledger_lets_a_second_delivery_of_the_same_id_send_nothing(alice, providers):
     [message] = accepted(alice.customer)
     sending.deliver([str(message.id)])
-    assert sending.deliver([str(message.id)]) == {}
+    assert sending.deliver([str(message.id)]).counts == {}
     assert len(providers.received) == 1
     assert reload(message).attempts == 1
 
@@ -34,7 +34,7 @@ def test_the_ledger_lets_a_second_delivery_of_the_same_id_send_nothing(alice, pr
 def test_a_temporary_smtp_refusal_is_retried_with_backoff_then_sent(alice, providers):
     providers.refusals["ana@example.com"] = ["451 4.3.0 try again later"]
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"retrying": 1}
+    assert sending.deliver([str(message.id)]).counts == {"retrying": 1}
     message = reload(message)
     assert message.status == Status.RETRYING
     assert message.release_at > message.sending_at
@@ -43,7 +43,7 @@ def test_a_temporary_smtp_refusal_is_retried_with_backoff_then_sent(alice, provi
 
     # The sweeper releases it when due; here we release by hand and deliver again.
     Message.objects.filter(pk=message.pk).update(status=Status.QUEUED)
-    assert sending.deliver([str(message.id)]) == {"sent": 1}
+    assert sending.deliver([str(message.id)]).counts == {"sent": 1}
     message = reload(message)
     assert message.status == Status.SENT and message.attempts == 2
     assert [a.succeeded for a in message.delivery_attempts.order_by("started_at")] == [False, True]
@@ -52,7 +52,7 @@ def test_a_temporary_smtp_refusal_is_retried_with_backoff_then_sent(alice, provi
 def test_a_permanent_smtp_refusal_fails_the_message_without_retry(alice, providers):
     providers.refusals["ana@example.com"] = ["550 5.1.1 no such user"]
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"failed": 1}
+    assert sending.deliver([str(message.id)]).counts == {"failed": 1}
     message = reload(message)
     assert message.status == Status.FAILED
     assert message.release_at is None and message.finished_at is not None
@@ -64,9 +64,9 @@ def test_it_gives_up_as_dead_after_the_maximum_attempts(alice, providers, settin
     settings.MAILQ_MAX_ATTEMPTS = 2
     providers.refusals["ana@example.com"] = ["451 4.3.0 busy"] * 5
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"retrying": 1}
+    assert sending.deliver([str(message.id)]).counts == {"retrying": 1}
     Message.objects.filter(pk=message.pk).update(status=Status.QUEUED)
-    assert sending.deliver([str(message.id)]) == {"dead": 1}
+    assert sending.deliver([str(message.id)]).counts == {"dead": 1}
     message = reload(message)
     assert message.status == Status.DEAD and message.attempts == 2
 
@@ -77,7 +77,7 @@ def test_an_unreachable_provider_fails_over_to_the_next(alice, providers, settin
     settings.MAILQ_PROVIDERS = [f"smtp://127.0.0.1:{free_port()}", providers.url]
     sending.close_providers()
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"sent": 1}
+    assert sending.deliver([str(message.id)]).counts == {"sent": 1}
     message = reload(message)
     assert message.provider == providers.url
     first, second = message.delivery_attempts.order_by("started_at")
@@ -90,7 +90,7 @@ def test_a_template_that_cannot_render_fails_at_once_and_spares_the_rest(alice, 
     bad = accepted(alice.customer)[0]
     Message.objects.filter(pk=bad.pk).update(data={})
     ids = [str(m.id) for m in [*good, bad]]
-    assert sending.deliver(ids) == {"sent": 2, "failed": 1}
+    assert sending.deliver(ids).counts == {"sent": 2, "failed": 1}
     bad = reload(bad)
     assert bad.status == Status.FAILED and "name" in bad.last_error
     assert bad.delivery_attempts.get().provider == "render"
@@ -99,7 +99,7 @@ def test_a_template_that_cannot_render_fails_at_once_and_spares_the_rest(alice, 
 
 def test_a_batch_task_sends_every_message_over_one_connection(alice, providers):
     messages = accepted(alice.customer, count=30)
-    assert sending.deliver([str(m.id) for m in messages]) == {"sent": 30}
+    assert sending.deliver([str(m.id) for m in messages]).counts == {"sent": 30}
     assert len(providers.received) == 30
     assert Message.objects.filter(status=Status.SENT).count() == 30
 
@@ -107,7 +107,7 @@ def test_a_batch_task_sends_every_message_over_one_connection(alice, providers):
 def test_a_cancelled_message_is_not_sent(alice, providers):
     [message] = accepted(alice.customer)
     Message.objects.filter(pk=message.pk).update(status=Status.CANCELLED)
-    assert sending.deliver([str(message.id)]) == {}
+    assert sending.deliver([str(message.id)]).counts == {}
     assert providers.received == []
 
 
@@ -123,7 +123,7 @@ def test_the_message_renders_from_the_version_it_was_accepted_with(alice, provid
 def test_throttling_replies_are_temporary(alice, providers, reply):
     providers.refusals["ana@example.com"] = [reply]
     [message] = accepted(alice.customer)
-    assert sending.deliver([str(message.id)]) == {"retrying": 1}
+    assert sending.deliver([str(message.id)]).counts == {"retrying": 1}
 
 
 def test_a_second_template_of_another_customer_is_not_confused(alice, bob, providers):
@@ -140,7 +140,7 @@ def test_a_dead_provider_costs_one_attempt_per_task_not_one_per_message(alice, p
     settings.MAILQ_PROVIDERS = [dead, providers.url]
     sending.close_providers()
     messages = accepted(alice.customer, count=5)
-    assert sending.deliver([str(m.id) for m in messages]) == {"sent": 5}
+    assert sending.deliver([str(m.id) for m in messages]).counts == {"sent": 5}
     assert DeliveryAttempt.objects.filter(provider=dead).count() == 1
     assert DeliveryAttempt.objects.filter(provider=providers.url, succeeded=True).count() == 5
 

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from delivery import sweeper
+from delivery import routing, sweeper
 from delivery.models import Message, Status
 from mailq.celery import app
 from tests.conftest import wait_until
@@ -54,9 +54,9 @@ def test_a_retry_is_released_when_its_backoff_has_passed(alice, worker, smtp_sin
     Message.objects.filter(pk=message.pk).update(
         status=Status.RETRYING, release_at=timezone.now() + timedelta(seconds=60)
     )
-    assert sweeper.release_due() == 0
+    assert routing.release_due() == 0
     Message.objects.filter(pk=message.pk).update(release_at=timezone.now())
-    assert sweeper.release_due() == 1
+    assert routing.release_due() == 1
     assert len(smtp_sink.wait_for(2)) == 2
     assert wait_until(lambda: statuses() == [Status.SENT])
 
@@ -65,9 +65,9 @@ def test_a_scheduled_send_waits_in_postgres_until_due(alice, worker, smtp_sink):
     send_at = timezone.now() + timedelta(seconds=1.5)
     [message] = accepted(alice.customer, send_at=send_at)
     assert message.status == Status.DEFERRED
-    assert sweeper.release_due() == 0
+    assert routing.release_due() == 0
     assert not wait_until(lambda: smtp_sink.received, timeout=0.5)
-    assert wait_until(lambda: sweeper.release_due() == 1, timeout=5)
+    assert wait_until(lambda: routing.release_due() == 1, timeout=5)
     smtp_sink.wait_for(1)
     assert wait_until(lambda: statuses() == [Status.SENT])
     assert Message.objects.get().sent_at >= send_at

@@ -1,0 +1,52 @@
+"""Fair share with a real worker process: interleaving, weights, and the quiet customer."""
+
+import pytest
+
+from customers.models import Customer
+from delivery.models import Message, Status
+from tests.conftest import wait_until
+from tests.factories import accepted
+
+pytestmark = pytest.mark.e2e
+
+
+def sent_order(sink) -> list[str]:
+    """Customer names in the order the SMTP server received their mail."""
+    return [email["To"].split("@")[0] for email in sink.received]
+
+
+def test_two_backlogged_customers_are_served_in_proportion_to_their_caps(
+    alice, bob, start_worker, smtp_sink
+):
+    Customer.objects.filter(pk=alice.customer.pk).update(inflight_cap=2)
+    Customer.objects.filter(pk=bob.customer.pk).update(inflight_cap=4)
+    alice.customer.refresh_from_db()
+    bob.customer.refresh_from_db()
+    accepted(alice.customer, count=40, to="alice@example.com")
+    accepted(bob.customer, count=40, to="bob@example.com")
+    start_worker(concurrency=1)
+    smtp_sink.wait_for(80, timeout=60)
+    order = sent_order(smtp_sink)
+    # While both have a backlog (the first 60 sends), bob gets about twice alice's share.
+    window = order[:60]
+    assert 14 <= window.count("alice") <= 26, window
+    # Neither waits for the other's whole backlog: both appear early.
+    assert "alice" in order[:10] and "bob" in order[:10]
+
+
+def test_a_quiet_customer_is_sent_before_a_heavy_customers_backlog_drains(
+    alice, bob, start_worker, smtp_sink
+):
+    Customer.objects.filter(pk=alice.customer.pk).update(inflight_cap=20)
+    alice.customer.refresh_from_db()
+    start_worker(concurrency=1)
+    accepted(alice.customer, count=400, to="alice@example.com")
+    smtp_sink.wait_for(20, timeout=30)  # the heavy customer is being served
+    [quiet] = accepted(bob.customer, to="bob@example.com")
+    assert quiet.status == Status.QUEUED  # fast path
+    assert wait_until(lambda: "bob" in sent_order(smtp_sink), timeout=30)
+    position = sent_order(smtp_sink).index("bob")
+    # At most the heavy customer's in-flight cap (plus what was already executing) ahead.
+    heavy_sent_before = position - 20
+    assert heavy_sent_before <= 40, heavy_sent_before
+    assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 401, 60)
