@@ -34,6 +34,7 @@ def send(client, slug: str = "welcome", data=None):
 
 # --- create ------------------------------------------------------------------------------------
 
+
 def test_it_creates_a_template_as_version_1(alice):
     response = create(alice.client)
 
@@ -61,8 +62,9 @@ def test_it_keeps_the_whitespace_of_the_bodies(alice):
 
 
 def test_it_answers_422_for_a_template_with_neither_html_nor_text(alice):
-    error = error_of(create(alice.client, {"slug": "empty", "subject": "Hi"}), 422,
-                     "validation_error")
+    error = error_of(
+        create(alice.client, {"slug": "empty", "subject": "Hi"}), 422, "validation_error"
+    )
 
     assert set(error["fields"]) == {"html"}
     assert not EmailTemplate.objects.filter(slug="empty").exists()
@@ -78,15 +80,17 @@ def test_it_answers_422_naming_a_missing_required_field(alice, missing):
 
 
 def test_it_answers_422_for_an_unknown_field(alice):
-    error = error_of(create(alice.client, {**INVOICE, "from": "x@example.com"}), 422,
-                     "validation_error")
+    error = error_of(
+        create(alice.client, {**INVOICE, "from": "x@example.com"}), 422, "validation_error"
+    )
 
     assert error["fields"] == {"from": ["Unknown field."]}
 
 
 def test_it_answers_422_for_a_slug_that_is_not_a_slug(alice):
-    error = error_of(create(alice.client, {**INVOICE, "slug": "my invoice"}), 422,
-                     "validation_error")
+    error = error_of(
+        create(alice.client, {**INVOICE, "slug": "my invoice"}), 422, "validation_error"
+    )
 
     assert set(error["fields"]) == {"slug"}
 
@@ -94,8 +98,7 @@ def test_it_answers_422_for_a_slug_that_is_not_a_slug(alice):
 def test_it_answers_409_template_exists_for_a_duplicate_slug(alice):
     assert create(alice.client).status_code == 201
 
-    error = error_of(create(alice.client, {**INVOICE, "subject": "Other"}), 409,
-                     "template_exists")
+    error = error_of(create(alice.client, {**INVOICE, "subject": "Other"}), 409, "template_exists")
 
     assert error["fields"] == {"slug": ["Already exists."]}
     stored = EmailTemplate.objects.get(customer=alice.customer, slug="invoice")
@@ -136,6 +139,7 @@ def test_it_reports_the_line_of_a_syntax_error(alice):
 
 # --- read --------------------------------------------------------------------------------------
 
+
 def test_it_shows_a_template_with_its_current_version(alice):
     response = alice.client.get("/v1/templates/welcome")
 
@@ -161,8 +165,12 @@ def test_it_lists_only_the_customers_own_templates(alice, bob):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("get", "/v1/templates/invoice"), ("put", "/v1/templates/invoice"),
-     ("delete", "/v1/templates/invoice"), ("post", "/v1/templates/invoice/preview")],
+    [
+        ("get", "/v1/templates/invoice"),
+        ("put", "/v1/templates/invoice"),
+        ("delete", "/v1/templates/invoice"),
+        ("post", "/v1/templates/invoice/preview"),
+    ],
 )
 def test_it_answers_404_for_another_customers_template(alice, bob, method, path):
     create(alice.client)
@@ -183,9 +191,11 @@ def test_it_answers_404_for_a_template_that_does_not_exist(alice):
 
 # --- update ------------------------------------------------------------------------------------
 
+
 def test_it_makes_version_2_on_put(alice):
     response = alice.client.put(
-        "/v1/templates/welcome", {"subject": "Welcome {{ name }}!", "text": "Hey {{ name }}"},
+        "/v1/templates/welcome",
+        {"subject": "Welcome {{ name }}!", "text": "Hey {{ name }}"},
         format="json",
     )
 
@@ -195,16 +205,18 @@ def test_it_makes_version_2_on_put(alice):
     assert body["subject"] == "Welcome {{ name }}!"
     assert body["html"] == ""  # a PUT replaces the content whole
     assert alice.client.get("/v1/templates/welcome").json()["version"] == 2
-    numbers = TemplateVersion.objects.filter(template__slug="welcome",
-                                             template__customer=alice.customer)
+    numbers = TemplateVersion.objects.filter(
+        template__slug="welcome", template__customer=alice.customer
+    )
     assert sorted(numbers.values_list("number", flat=True)) == [1, 2]
 
 
 def test_it_keeps_a_message_accepted_before_a_put_on_version_1(alice):
     before = send(alice.client).json()["id"]
 
-    alice.client.put("/v1/templates/welcome", {"subject": "New {{ name }}", "text": "New"},
-                     format="json")
+    alice.client.put(
+        "/v1/templates/welcome", {"subject": "New {{ name }}", "text": "New"}, format="json"
+    )
     after = send(alice.client).json()["id"]
 
     assert Message.objects.get(pk=before).template_version.number == 1
@@ -213,8 +225,9 @@ def test_it_keeps_a_message_accepted_before_a_put_on_version_1(alice):
 
 
 def test_it_keeps_the_current_version_when_a_put_is_invalid(alice):
-    response = alice.client.put("/v1/templates/welcome", {"subject": "{{ broken", "text": "x"},
-                                format="json")
+    response = alice.client.put(
+        "/v1/templates/welcome", {"subject": "{{ broken", "text": "x"}, format="json"
+    )
 
     error = error_of(response, 422, "validation_error")
     assert set(error["fields"]) == {"subject"}
@@ -230,6 +243,7 @@ def test_it_refuses_to_change_the_slug_with_put(alice):
 
 
 # --- delete ------------------------------------------------------------------------------------
+
 
 def test_it_deletes_a_template_so_it_can_no_longer_be_read_or_sent(alice):
     accepted = send(alice.client).json()["id"]
@@ -258,6 +272,7 @@ def test_it_allows_the_slug_of_a_deleted_template_to_be_used_again(alice):
 
 # --- preview -----------------------------------------------------------------------------------
 
+
 def test_it_previews_with_html_autoescaped_and_text_and_subject_verbatim(alice):
     data = {"name": "<b>Ana</b> & co"}
 
@@ -274,18 +289,21 @@ def test_it_previews_with_html_autoescaped_and_text_and_subject_verbatim(alice):
 
 
 def test_it_previews_the_current_version(alice):
-    alice.client.put("/v1/templates/welcome", {"subject": "v2 {{ name }}", "text": "2"},
-                     format="json")
+    alice.client.put(
+        "/v1/templates/welcome", {"subject": "v2 {{ name }}", "text": "2"}, format="json"
+    )
 
-    body = alice.client.post("/v1/templates/welcome/preview", {"data": {"name": "Ana"}},
-                             format="json").json()
+    body = alice.client.post(
+        "/v1/templates/welcome/preview", {"data": {"name": "Ana"}}, format="json"
+    ).json()
 
     assert (body["version"], body["subject"]) == (2, "v2 Ana")
 
 
 def test_it_answers_422_render_error_naming_a_missing_variable_in_preview(alice):
-    response = alice.client.post("/v1/templates/welcome/preview", {"data": {"nom": "Ana"}},
-                                 format="json")
+    response = alice.client.post(
+        "/v1/templates/welcome/preview", {"data": {"nom": "Ana"}}, format="json"
+    )
 
     error = error_of(response, 422, "render_error")
     assert "name" in error["message"]
@@ -295,8 +313,9 @@ def test_it_answers_422_render_error_naming_a_missing_variable_in_preview(alice)
 def test_it_answers_render_error_in_preview_for_a_sandbox_escape(alice):
     create(alice.client, {**INVOICE, "text": "{{ ''.__class__.__mro__[1].__subclasses__() }}"})
 
-    response = alice.client.post("/v1/templates/invoice/preview",
-                                 {"data": {"number": 1, "total": 2}}, format="json")
+    response = alice.client.post(
+        "/v1/templates/invoice/preview", {"data": {"number": 1, "total": 2}}, format="json"
+    )
 
     error = error_of(response, 422, "render_error")
     assert "subclasses" not in error["message"]
@@ -304,7 +323,8 @@ def test_it_answers_render_error_in_preview_for_a_sandbox_escape(alice):
 
 
 def test_it_does_not_evaluate_template_syntax_inside_the_data(alice):
-    response = alice.client.post("/v1/templates/welcome/preview",
-                                 {"data": {"name": "{{ 7 * 7 }}"}}, format="json")
+    response = alice.client.post(
+        "/v1/templates/welcome/preview", {"data": {"name": "{{ 7 * 7 }}"}}, format="json"
+    )
 
     assert response.json()["text"] == "Hi {{ 7 * 7 }}"

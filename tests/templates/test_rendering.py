@@ -1,6 +1,7 @@
 """templates/rendering.py on its own: no database, no HTTP."""
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ class Source:
 
 
 # --- escaping ----------------------------------------------------------------------------------
+
 
 def test_it_autoescapes_the_html_part_only():
     rendered = render(Source(), {"name": "<script>alert('x')</script> & \"co\""})
@@ -38,17 +40,25 @@ def test_it_does_not_evaluate_template_syntax_inside_the_data():
 
 
 def test_it_renders_nested_data_loops_and_filters():
-    source = Source(text="{% for item in order.lines %}{{ item.sku }}x{{ item.qty }} {% endfor %}"
-                         "{{ total | round(2) }}")
+    source = Source(
+        text="{% for item in order.lines %}{{ item.sku }}x{{ item.qty }} {% endfor %}"
+        "{{ total | round(2) }}"
+    )
 
-    rendered = render(source, {"name": "Ana", "total": 9.999,
-                               "order": {"lines": [{"sku": "A", "qty": 1},
-                                                   {"sku": "B", "qty": 2}]}})
+    rendered = render(
+        source,
+        {
+            "name": "Ana",
+            "total": 9.999,
+            "order": {"lines": [{"sku": "A", "qty": 1}, {"sku": "B", "qty": 2}]},
+        },
+    )
 
     assert rendered.text == "Ax1 Bx2 10.0"
 
 
 # --- undefined variables -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("part", ["subject", "html", "text"])
 def test_it_raises_render_error_naming_an_undefined_variable_in_each_part(part):
@@ -64,8 +74,12 @@ def test_it_raises_render_error_naming_an_undefined_variable_in_each_part(part):
 
 @pytest.mark.parametrize(
     ("text", "data"),
-    [("{{ user.email }}", {"user": {}}), ("{{ items[3] }}", {"items": [1]}),
-     ("{% for x in missing %}{% endfor %}", {}), ("{{ missing | upper }}", {})],
+    [
+        ("{{ user.email }}", {"user": {}}),
+        ("{{ items[3] }}", {"items": [1]}),
+        ("{% for x in missing %}{% endfor %}", {}),
+        ("{{ missing | upper }}", {}),
+    ],
 )
 def test_it_raises_render_error_for_undefined_lookups_instead_of_rendering_blanks(text, data):
     with pytest.raises(RenderError) as raised:
@@ -82,8 +96,11 @@ def test_it_renders_a_variable_guarded_by_is_defined():
 
 @pytest.mark.parametrize(
     ("text", "data"),
-    [("{{ a + b }}", {"a": "x", "b": 1}), ("{{ 1 / n }}", {"n": 0}),
-     ("{{ range(10 ** 9) | list | length }}", {})],
+    [
+        ("{{ a + b }}", {"a": "x", "b": 1}),
+        ("{{ 1 / n }}", {"n": 0}),
+        ("{{ range(10 ** 9) | list | length }}", {}),
+    ],
 )
 def test_it_raises_render_error_for_errors_that_depend_on_the_data(text, data):
     with pytest.raises(RenderError) as raised:
@@ -122,11 +139,17 @@ def test_it_refuses_attribute_escapes_in_the_sandbox_and_leaks_nothing(part, sou
 
 # --- subject -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "name",
-    ["Ana\r\nBcc: eve@example.com", "Ana\nBcc: eve@example.com", "Ana\rBcc: eve@example.com",
-     "Ana\u2028Bcc: eve@example.com", "Ana\x0bBcc: eve@example.com",
-     "Ana\x85Bcc: eve@example.com"],
+    [
+        "Ana\r\nBcc: eve@example.com",
+        "Ana\nBcc: eve@example.com",
+        "Ana\rBcc: eve@example.com",
+        "Ana\u2028Bcc: eve@example.com",
+        "Ana\x0bBcc: eve@example.com",
+        "Ana\x85Bcc: eve@example.com",
+    ],
 )
 def test_it_collapses_line_breaks_in_the_subject_against_header_injection(name):
     rendered = render(Source(), {"name": name})
@@ -150,6 +173,7 @@ def test_it_keeps_line_breaks_in_the_bodies():
 
 # --- syntax ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "source", ["{{ name }}", "{% if a %}{{ a }}{% else %}-{% endif %}", "", "plain text"]
 )
@@ -160,8 +184,15 @@ def test_it_accepts_valid_syntax(part, source):
 
 @pytest.mark.parametrize(
     "source",
-    ["{{ name ", "{% if a %}", "{% endif %}", "{{ name | }}", "{% for %}", "{{ 'a' 'b' +}}",
-     "{% unknown_tag %}"],
+    [
+        "{{ name ",
+        "{% if a %}",
+        "{% endif %}",
+        "{{ name | }}",
+        "{% for %}",
+        "{{ 'a' 'b' +}}",
+        "{% unknown_tag %}",
+    ],
 )
 @pytest.mark.parametrize("part", ["subject", "html", "text"])
 def test_it_reports_a_syntax_error_with_the_part_name(part, source):
@@ -177,3 +208,19 @@ def test_it_reports_the_line_of_a_syntax_error():
         check_syntax("one\ntwo\n{{ three ", "text")
 
     assert "(line 3)" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x' * 10**9 }}",
+        "{{ 10 * 'x' * 100000000 }}",
+        "{{ [1] * 100000000 }}",
+        "{{ 2 ** 100000000 }}",
+        "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    ],
+)
+def test_it_refuses_templates_that_would_build_huge_values(source):
+    version = SimpleNamespace(subject="s", html="", text=source)
+    with pytest.raises(RenderError):
+        render(version, {})
