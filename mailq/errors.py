@@ -44,12 +44,12 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
-def _flatten(detail: Any) -> Any:
+def flatten_detail(detail: Any) -> Any:
     """DRF ErrorDetail trees -> plain lists/dicts of strings."""
     if isinstance(detail, dict):
-        return {key: _flatten(value) for key, value in detail.items()}
+        return {key: flatten_detail(value) for key, value in detail.items()}
     if isinstance(detail, list):
-        return [_flatten(item) for item in detail]
+        return [flatten_detail(item) for item in detail]
     return str(detail)
 
 
@@ -84,7 +84,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None  # a real bug: let Django log it and answer 500 (JSON, via handler500)
 
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
+        fields = flatten_detail(exc.detail)
         if not isinstance(fields, dict):
             fields = {"non_field_errors": fields}
         response = Response(
@@ -98,11 +98,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             code = next(
                 (code for cls, code in _DRF_CODES if isinstance(exc, cls)), exc.default_code
             )
-        message = _flatten(exc.detail)
+        message = flatten_detail(exc.detail)
         if not isinstance(message, str):
             message = str(message)
         if isinstance(exc, exceptions.ParseError):
-            message = "The request body is not valid JSON."
+            message = (
+                f"The request body is not valid JSON: {message.removeprefix('JSON parse error - ')}"
+            )
         elif isinstance(exc, exceptions.NotAuthenticated):
             message = "Missing API key: send 'Authorization: Bearer <key>'."
         response = Response(error_body(code, message), status=exc.status_code)

@@ -4,6 +4,11 @@ Customers are untrusted authors, so templates run in Jinja2's SandboxedEnvironme
 refuses attribute escapes such as `''.__class__.__mro__`. Undefined variables raise instead of
 rendering as empty strings: a password-reset mail without its link is worse than no mail.
 HTML is autoescaped; the text part and the subject are not (they are not HTML).
+
+Rendering runs in shared processes (the web process renders once at accept time to catch
+missing variables), so a template may not allocate without bound: sequence repetition and
+powers are capped, and output stops at MAX_RENDERED_CHARS. A loop that burns CPU without
+output (nested `range(100000)`) is not bounded here; rate limits are the guard for that.
 """
 
 from dataclasses import dataclass
@@ -14,8 +19,31 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-_html_env = SandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
-_text_env = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+MAX_RENDERED_CHARS = 1_000_000
+MAX_EXPONENT = 100
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """The sandbox, with `*` and `**` unable to build huge values."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent over {MAX_EXPONENT}")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_RENDERED_CHARS
+                ):
+                    raise SecurityError(f"a repeated sequence over {MAX_RENDERED_CHARS} items")
+        return super().call_binop(context, operator, left, right)
+
+
+_html_env = _BoundedSandbox(autoescape=True, undefined=StrictUndefined)
+_text_env = _BoundedSandbox(autoescape=False, undefined=StrictUndefined)
 
 
 class RenderError(Exception):
@@ -59,7 +87,7 @@ def _render_part(source: str, data: dict[str, Any], part: str, html: bool = Fals
     if not source:
         return ""
     try:
-        return _compile(source, html).render(data)
+        return _bounded_join(_compile(source, html).generate(data), part)
     except UndefinedError as exc:
         raise RenderError(f"Undefined variable in {part}: {exc.message}", part) from exc
     except SecurityError as exc:
@@ -69,6 +97,16 @@ def _render_part(source: str, data: dict[str, Any], part: str, html: bool = Fals
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         # Data-dependent errors inside expressions, e.g. {{ a + b }} with a str and an int.
         raise RenderError(f"Cannot render {part}: {exc}", part) from exc
+
+
+def _bounded_join(chunks, part: str) -> str:
+    out, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED_CHARS:
+            raise RenderError(f"{part} renders to more than {MAX_RENDERED_CHARS} characters", part)
+        out.append(chunk)
+    return "".join(out)
 
 
 def render(version: TemplateSource, data: dict[str, Any]) -> RenderedContent:

@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from delivery.intake import SendRequest
 from delivery.models import DeliveryAttempt, Message, Status
+from mailq.serializers import MailboxField, StrictSerializer
 
 
 @extend_schema_field(
@@ -47,25 +48,34 @@ class RecipientsField(serializers.Field):
         return value
 
 
-class SendSerializer(serializers.Serializer):
+def _has_nul(value) -> bool:
+    """Whether any key or string in a JSON value holds U+0000 (depth is bounded by the parser)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class SendSerializer(StrictSerializer):
     template = serializers.SlugField(max_length=100)
     to = RecipientsField()
     data = serializers.DictField(required=False, default=dict)
-    reply_to = serializers.EmailField(required=False, allow_blank=True, default="")
+    reply_to = MailboxField(required=False, allow_blank=True, default="")
     send_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
-    def validate(self, attrs):
-        unknown = set(self.initial_data) - set(self.fields)
-        if unknown:
-            raise serializers.ValidationError(
-                {name: ["Unknown field."] for name in sorted(unknown)}
-            )
-        return attrs
+    def validate_data(self, value: dict) -> dict:
+        # PostgreSQL's jsonb cannot store U+0000: refuse it here, not as a failed insert (500).
+        if _has_nul(value):
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return value
 
     def get_fields(self):
         fields = super().get_fields()
         # "from" is a Python keyword, so the field is declared here.
-        fields["from"] = serializers.EmailField(required=False, allow_blank=True, default="")
+        fields["from"] = MailboxField(required=False, allow_blank=True, default="")
         return fields
 
     def to_send_request(self) -> SendRequest:
@@ -80,7 +90,7 @@ class SendSerializer(serializers.Serializer):
         )
 
 
-class BatchSerializer(serializers.Serializer):
+class BatchSerializer(StrictSerializer):
     messages = serializers.ListField(
         child=serializers.JSONField(),
         allow_empty=False,

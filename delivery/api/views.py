@@ -20,7 +20,7 @@ from delivery.api.serializers import (
     SendSerializer,
 )
 from delivery.models import CANCELLABLE, Message, Status
-from mailq.errors import ApiError, Conflict, Unprocessable, error_body
+from mailq.errors import ApiError, Conflict, Unprocessable, error_body, flatten_detail
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -125,10 +125,8 @@ class BatchView(APIView):
 
 
 def _plain(errors) -> dict:
-    return {
-        name: [str(e) for e in (msgs if isinstance(msgs, list) else [msgs])]
-        for name, msgs in errors.items()
-    }
+    # Nested errors (e.g. {"to": {1: [...]}}) stay nested, exactly as a single send reports them.
+    return flatten_detail(errors)
 
 
 class MessageDetailView(APIView):

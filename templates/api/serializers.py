@@ -1,12 +1,13 @@
 from rest_framework import serializers
 
+from mailq.serializers import StrictSerializer
 from templates.models import EmailTemplate
 from templates.rendering import RenderError, check_syntax
 
 MAX_PART_CHARS = 200_000
 
 
-class TemplateContentSerializer(serializers.Serializer):
+class TemplateContentSerializer(StrictSerializer):
     """Subject, html and text of a new version; each must be valid template syntax."""
 
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
@@ -27,11 +28,7 @@ class TemplateContentSerializer(serializers.Serializer):
     )
 
     def validate(self, attrs):
-        unknown = set(self.initial_data) - set(self.fields)
-        if unknown:
-            raise serializers.ValidationError(
-                {name: ["Unknown field."] for name in sorted(unknown)}
-            )
+        attrs = super().validate(attrs)
         if not attrs.get("html") and not attrs.get("text"):
             raise serializers.ValidationError({"html": ["Give html, text or both."]})
         errors = {}
@@ -61,7 +58,7 @@ class TemplateSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PreviewRequestSerializer(serializers.Serializer):
+class PreviewRequestSerializer(StrictSerializer):
     data = serializers.DictField(required=False, default=dict)
 
 
