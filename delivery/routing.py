@@ -103,6 +103,7 @@ def publish_after_commit(messages: Sequence[Message]) -> None:
 
 # --- publishing -----------------------------------------------------------------------------
 
+
 def publish(id_queue_pairs: Sequence[tuple[str, str]], priority: int = PRIORITY_BACKLOG) -> int:
     """Publish committed, queued messages to their queues; return how many were confirmed.
 

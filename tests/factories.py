@@ -4,6 +4,7 @@ from customers.models import Customer, Tier
 from customers.seed import DEFAULT_TIERS
 from templates.models import EmailTemplate
 
+
 def tier(name: str = "standard") -> Tier:
     """The seeded tier (recreated after transactional tests flush the tables)."""
     obj, _ = Tier.objects.get_or_create(name=name, defaults=DEFAULT_TIERS[name])

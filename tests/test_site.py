@@ -52,3 +52,27 @@ def test_admin_pages_render_for_staff(admin_client, alice):
         f"/admin/customers/customer/{alice.customer.pk}/change/",
     ]:
         assert admin_client.get(url).status_code == 200, url
+
+
+def test_the_customer_admin_shows_flow_counts_and_pauses_and_resumes(admin_client, alice):
+    from customers.models import Customer
+    from delivery.models import Status
+    from tests.factories import accepted
+
+    Customer.objects.filter(pk=alice.customer.pk).update(inflight_cap=2)
+    alice.customer.refresh_from_db()
+    accepted(alice.customer, count=5)
+    page = admin_client.get("/admin/customers/customer/").content.decode().lower()
+    assert "in flight" in page and "deferred" in page
+    assert '<td class="field-in_flight">2</td>' in page
+    assert '<td class="field-deferred">3</td>' in page
+
+    url = "/admin/customers/customer/"
+    admin_client.post(url, {"action": "pause_sending", "_selected_action": [alice.customer.pk]})
+    alice.customer.refresh_from_db()
+    assert alice.customer.sending_paused
+    alice.customer.messages.filter(status=Status.QUEUED).update(status=Status.SENT)
+    admin_client.post(url, {"action": "resume_sending", "_selected_action": [alice.customer.pk]})
+    alice.customer.refresh_from_db()
+    assert not alice.customer.sending_paused
+    assert alice.customer.messages.filter(status=Status.QUEUED).count() == 2

@@ -14,9 +14,9 @@ Errors say whether to retry::
 """
 
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate
 from typing import ClassVar, Protocol
+
+from delivery.providers import mime
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,25 +32,18 @@ class Email:
     reply_to: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
-    def to_mime(self) -> EmailMessage:
-        mime = EmailMessage()
-        mime["Message-ID"] = self.message_id
-        mime["Date"] = formatdate(localtime=False)
-        mime["From"] = self.from_email
-        mime["To"] = ", ".join(self.to)
-        if self.reply_to:
-            mime["Reply-To"] = self.reply_to
-        mime["Subject"] = self.subject
-        for name, value in self.headers.items():
-            mime[name] = value
-        if self.text and self.html:
-            mime.set_content(self.text)
-            mime.add_alternative(self.html, subtype="html")
-        elif self.html:
-            mime.set_content(self.html, subtype="html")
-        else:
-            mime.set_content(self.text)
-        return mime
+    def to_bytes(self) -> bytes:
+        """The RFC 5322 message, as sent over SMTP."""
+        return mime.to_bytes(
+            message_id=self.message_id,
+            from_email=self.from_email,
+            to=self.to,
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            reply_to=self.reply_to,
+            headers=self.headers,
+        )
 
 
 @dataclass(frozen=True, slots=True)

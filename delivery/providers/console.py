@@ -15,7 +15,7 @@ class ConsoleProvider:
         return cls()
 
     def send(self, email: Email) -> SendResult:
-        sys.stdout.write(email.to_mime().as_string() + "\n" + "-" * 72 + "\n")
+        sys.stdout.write(email.to_bytes().decode() + "\n" + "-" * 72 + "\n")
         sys.stdout.flush()
         return SendResult(provider=self.name, provider_message_id=email.message_id)
 

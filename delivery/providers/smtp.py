@@ -22,6 +22,7 @@ from delivery.providers.base import (
     SendResult,
     TemporaryError,
 )
+from delivery.providers.mime import envelope_address
 
 THROTTLE_CODES = {421, 452}
 
@@ -94,7 +95,8 @@ class SmtpProvider:
     def _send_once(self, email: Email) -> None:
         if self._conn is None:
             self._conn = self._connect()
-        self._conn.send_message(email.to_mime(), from_addr=email.from_email, to_addrs=email.to)
+        recipients = [envelope_address(address) for address in email.to]
+        self._conn.sendmail(envelope_address(email.from_email), recipients, email.to_bytes())
 
     def send(self, email: Email) -> SendResult:
         try:
