@@ -12,6 +12,8 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
+from mailq import db
+
 KEY_PREFIX = "mq_"
 # last_used_at is written at most this often per key, so authentication is not a write per request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -101,10 +103,28 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         return key, raw
 
     def for_key(self, raw: str) -> "ApiKey | None":
-        """The key (active or revoked) matching a plaintext, with its customer and tier."""
+        """The key (active or revoked) matching a plaintext, with its customer and tier.
+
+        Every API request makes this lookup: one joined query, no ORM compilation.
+        """
         if not raw.startswith(KEY_PREFIX) or len(raw) > 100:
             return None
-        return self.select_related("customer__tier").filter(hashed=hash_key(raw)).first()
+        row = db.fetch_one(
+            f"""SELECT {db.columns(ApiKey, "k")}, {db.columns(Customer, "c")},
+                       {db.columns(Tier, "t")}
+                  FROM customers_apikey k
+                  JOIN customers_customer c ON c.id = k.customer_id
+                  JOIN customers_tier t ON t.id = c.tier_id
+                 WHERE k.hashed = %s""",
+            [hash_key(raw)],
+        )
+        if row is None:
+            return None
+        key, index = db.build(ApiKey, row, 0)
+        customer, index = db.build(Customer, row, index)
+        customer.tier, _ = db.build(Tier, row, index)
+        key.customer = customer
+        return key
 
 
 class ApiKey(models.Model):

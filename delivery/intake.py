@@ -53,13 +53,7 @@ class _TemplateResolver:
 
     def version(self, slug: str) -> TemplateVersion | None:
         if slug not in self._cache:
-            template = (
-                EmailTemplate.objects.owned_by(self.customer)
-                .select_related("current_version")
-                .filter(slug=slug)
-                .first()
-            )
-            self._cache[slug] = template.current_version if template else None
+            self._cache[slug] = EmailTemplate.objects.current_version(self.customer, slug)
         return self._cache[slug]
 
 

@@ -207,6 +207,10 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("MAILQ_TASK_EVENTS", True)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Keep each worker process's PostgreSQL connection across tasks: without this Celery's Django
+# fix-up closes it after every task, and a new connection costs more than a whole send.
+# (Django's conn_health_checks replaces a connection that broke.)
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 100_000)
 CELERY_BEAT_SCHEDULE = {
     "sweep": {
         "task": "delivery.tasks.sweep",

@@ -8,6 +8,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from customers.models import Customer
+from mailq import db
 
 
 class EmailTemplateQuerySet(models.QuerySet["EmailTemplate"]):
@@ -16,6 +17,17 @@ class EmailTemplateQuerySet(models.QuerySet["EmailTemplate"]):
 
     def owned_by(self, customer: Customer) -> "EmailTemplateQuerySet":
         return self.live().filter(customer=customer)
+
+    def current_version(self, customer: Customer, slug: str) -> "TemplateVersion | None":
+        """The version a send uses now. On every send's path: one query, no ORM compilation."""
+        row = db.fetch_one(
+            f"""SELECT {db.columns(TemplateVersion, "v")}
+                  FROM email_templates_emailtemplate t
+                  JOIN email_templates_templateversion v ON v.id = t.current_version_id
+                 WHERE t.customer_id = %s AND t.slug = %s AND t.deleted_at IS NULL""",
+            [customer.pk, slug],
+        )
+        return db.build(TemplateVersion, row, 0)[0] if row else None
 
 
 class EmailTemplate(models.Model):

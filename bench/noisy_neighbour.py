@@ -1,0 +1,343 @@
+"""Noisy neighbour: do quiet customers keep real-time delivery during another customer's burst?
+
+    .venv/bin/python bench/noisy_neighbour.py [--quick] [--help]
+
+One invocation runs four scenarios on the same machine, each on a fresh stack (smtp-sink,
+gunicorn, the tier's worker pool, the maintenance worker and beat) against database
+`mailq_bench`, vhost `mailq_bench` and Redis db 2:
+  quiet-alone  20 quiet customers, one message each every 2 s (fair mode): the baseline
+  heavy-alone  one customer bursts 100,000 messages through the batch endpoint (fair mode)
+  fair         both at once, MAILQ_ROUTING=fair
+  fifo         both at once, MAILQ_ROUTING=fifo (everything straight to the tier queue)
+For each it prints the quiet customers' accept->sent p50/p95/p99/max (from the message rows),
+their p99 per 20 s slice of the window (it grows with the backlog in fifo), and the heavy
+customer's sent messages/s during the window. JSON goes to bench/results/.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+
+import psycopg2
+from stack import (
+    PG,
+    ROOT,
+    Client,
+    Stack,
+    ensure_tools,
+    free_port,
+    manage,
+    reset_database,
+    reset_vhost,
+    wait_until,
+)
+
+DB, VHOST, TIER = "mailq_bench", "mailq_bench", "standard"
+SLICE_SECONDS = 20
+
+SETUP = """
+import json
+from customers.models import Customer, Tier
+from templates.models import EmailTemplate
+tier = Tier.objects.get(name="{tier}")
+keys = {{}}
+for name in {names!r}:
+    customer = Customer.objects.create(name=name, tier=tier)
+    template = EmailTemplate.objects.create(customer=customer, slug="note")
+    template.add_version("Note for {{{{ name }}}}", "<p>Hi {{{{ name }}}}</p>", "Hi {{{{ name }}}}")
+    keys[name] = customer.issue_key()[1]
+print(json.dumps(keys))
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a ~3 minute smoke run (small sizes)")
+    p.add_argument("--heavy", type=int, default=100_000, help="messages in the burst")
+    p.add_argument("--quiet", type=int, default=20, help="quiet customers")
+    p.add_argument("--interval", type=float, default=2.0, help="s between a quiet customer's sends")
+    p.add_argument("--window", type=float, default=120.0, help="s of quiet traffic per scenario")
+    p.add_argument("--batch-clients", type=int, default=2, help="heavy customer's connections")
+    p.add_argument("--quiet-wait", type=float, default=60, help="max s to wait for quiet mail")
+    p.add_argument("--scenarios", default="quiet-alone,heavy-alone,fair,fifo")
+    args = p.parse_args()
+    if args.quick:
+        args.heavy, args.window, args.quiet_wait = 20_000, 30.0, 30
+    return args
+
+
+def message(i: int) -> dict:
+    return {"template": "note", "to": f"user{i}@example.com", "data": {"name": f"U{i}"}}
+
+
+class Scenario:
+    def __init__(self, args, name: str, mode: str, heavy: bool, quiet: bool, stamp: str) -> None:
+        self.args, self.name, self.mode, self.heavy, self.quiet = args, name, mode, heavy, quiet
+        self.log_dir = ROOT / "bench" / "results" / f"noisy-{stamp}-logs" / name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        self.client_latency: list[float] = []
+        self.heavy_accepted = 0
+        self.errors = 0
+
+    def run(self) -> dict:
+        sink_port, web_port = free_port(), free_port()
+        env = os.environ | {
+            "DATABASE_URL": f"{PG}/{DB}",
+            "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
+            "REDIS_URL": "redis://127.0.0.1:6379/2",
+            "MAILQ_PROVIDERS": f"smtp://127.0.0.1:{sink_port}",
+            "MAILQ_ROUTING": self.mode,
+            "MAILQ_TASK_EVENTS": "0",
+            "DJANGO_SETTINGS_MODULE": "mailq.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+        names = ["heavy"] + [f"quiet{i:02d}" for i in range(self.args.quiet)]
+        with open(self.log_dir / "setup.log", "w") as log:
+            reset_vhost(VHOST)
+            reset_database(DB, env, log)
+            subprocess.run(["redis-cli", "-n", "2", "flushdb"], stdout=log, check=False)
+            code = SETUP.format(tier=TIER, names=names)
+            keys = json.loads(manage(env, log, "shell", "-c", code).strip().splitlines()[-1])
+        stack = Stack(env, self.log_dir)
+        db = psycopg2.connect(f"{PG}/{DB}")
+        db.autocommit = True
+        try:
+            stack.start_sink(sink_port)
+            stack.start_web(web_port, 2, access_log=False)
+            stack.start_workers(TIER, 0, "WARNING")
+            stack.start(
+                "maintenance",
+                [sys.executable, "manage.py", "run_worker", "maintenance", "--loglevel", "WARNING"],
+            )
+            stack.start(
+                "beat",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "mailq",
+                    "beat",
+                    "--loglevel",
+                    "WARNING",
+                    "--schedule",
+                    str(self.log_dir / "beat-schedule"),
+                ],
+            )
+            time.sleep(5)  # workers connect and declare their queues
+            return self._measure(db, web_port, keys)
+        finally:
+            self.stop.set()
+            stack.stop_all()
+            db.close()
+
+    def _measure(self, db, port: int, keys: dict[str, str]) -> dict:
+        threads = []
+        if self.heavy:
+            threads += [
+                threading.Thread(target=self._heavy, args=(Client(port, keys["heavy"]), n))
+                for n in range(self.args.batch_clients)
+            ]
+        if self.quiet:
+            threads += [
+                threading.Thread(target=self._quiet, args=(Client(port, keys[name]), i))
+                for i, name in enumerate(k for k in keys if k.startswith("quiet"))
+            ]
+        t0 = time.time()
+        for thread in threads:
+            thread.start()
+        time.sleep(self.args.window)
+        self.stop.set()
+        t1 = time.time()
+        for thread in threads:
+            thread.join(60)
+        quiet_all_sent = wait_until(
+            lambda: (
+                self._sql(
+                    db,
+                    "SELECT count(*) FROM delivery_message m JOIN customers_customer"
+                    " c ON c.id = m.customer_id WHERE c.name LIKE 'quiet%%'"
+                    " AND m.status <> 'sent'",
+                )[0][0]
+                == 0
+            ),
+            self.args.quiet_wait,
+            0.5,
+        )
+        return self._report(db, t0, t1, quiet_all_sent)
+
+    def _heavy(self, client: Client, n: int) -> None:
+        """Burst: 500-message batches as fast as the API takes them, until the total is in."""
+        share = self.args.heavy // self.args.batch_clients
+        for start in range(0, share, 500):
+            if self.stop.is_set():
+                return
+            body = {
+                "messages": [message(n * share + start + i) for i in range(min(500, share - start))]
+            }
+            status, answer, _ = client.post("/v1/messages/batch", json.dumps(body).encode())
+            if status == 202:
+                self.heavy_accepted += answer["accepted"]
+            else:
+                self.errors += 1
+
+    def _quiet(self, client: Client, index: int) -> None:
+        """One message every `interval` seconds, staggered across customers."""
+        interval = self.args.interval
+        next_at = time.monotonic() + interval * index / max(self.args.quiet, 1)
+        sent = 0
+        while not self.stop.wait(max(0.0, next_at - time.monotonic())):
+            status, _, seconds = client.post("/v1/messages", json.dumps(message(sent)).encode())
+            self.client_latency.append(seconds)
+            self.errors += status != 202
+            sent += 1
+            next_at += interval
+
+    @staticmethod
+    def _sql(db, query: str, *params) -> list[tuple]:
+        with db.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def _report(self, db, t0: float, t1: float, quiet_all_sent: bool) -> dict:
+        q = self._sql(
+            db,
+            """SELECT count(*), count(sent_at),
+                      percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+                          (ORDER BY extract(epoch FROM sent_at - accepted_at)),
+                      extract(epoch FROM max(coalesce(sent_at, now()) - accepted_at))
+                 FROM delivery_message m JOIN customers_customer c ON c.id = m.customer_id
+                WHERE c.name LIKE 'quiet%%'""",
+        )[0]
+        slices = self._sql(
+            db,
+            """SELECT floor((extract(epoch FROM accepted_at) - %s) / %s) AS slice, count(*),
+                      percentile_cont(0.99) WITHIN GROUP
+                          (ORDER BY extract(epoch FROM coalesce(sent_at, now()) - accepted_at))
+                 FROM delivery_message m JOIN customers_customer c ON c.id = m.customer_id
+                WHERE c.name LIKE 'quiet%%' GROUP BY 1 ORDER BY 1""",
+            t0,
+            SLICE_SECONDS,
+        )
+        heavy_sent = self._sql(
+            db,
+            """SELECT count(*) FROM delivery_message m JOIN customers_customer c
+                   ON c.id = m.customer_id
+                WHERE c.name = 'heavy'
+                  AND m.sent_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)""",
+            t0,
+            t1,
+        )[0][0]
+        total_sent = self._sql(
+            db,
+            "SELECT count(*) FROM delivery_message WHERE sent_at BETWEEN to_timestamp(%s)"
+            " AND to_timestamp(%s)",
+            t0,
+            t1,
+        )[0][0]
+        ms = lambda v: None if v is None else round(float(v) * 1000, 1)  # noqa: E731
+        pcts = q[2] or [None, None, None]
+        client = sorted(self.client_latency)
+        return {
+            "scenario": self.name,
+            "mode": self.mode,
+            "window_s": round(t1 - t0, 1),
+            "quiet_messages": q[0],
+            "quiet_sent": q[1],
+            "quiet_all_sent": quiet_all_sent,
+            "quiet_p50_ms": ms(pcts[0]),
+            "quiet_p95_ms": ms(pcts[1]),
+            "quiet_p99_ms": ms(pcts[2]),
+            "quiet_max_ms": ms(q[3]),
+            "quiet_p99_ms_by_slice": [(int(s) * SLICE_SECONDS, n, ms(p)) for s, n, p in slices],
+            "quiet_post_p99_ms": ms(client[int(0.99 * (len(client) - 1))]) if client else None,
+            "heavy_accepted": self.heavy_accepted,
+            "heavy_sent_in_window": heavy_sent,
+            "heavy_sent_per_s": round(heavy_sent / (t1 - t0), 1),
+            "total_sent_per_s": round(total_sent / (t1 - t0), 1),
+            "errors": self.errors,
+        }
+
+
+SCENARIOS = {
+    "quiet-alone": ("fair", False, True),
+    "heavy-alone": ("fair", True, False),
+    "fair": ("fair", True, True),
+    "fifo": ("fifo", True, True),
+}
+
+
+def print_table(results: list[dict]) -> None:
+    cols = [
+        "scenario",
+        "quiet_p50_ms",
+        "quiet_p95_ms",
+        "quiet_p99_ms",
+        "quiet_max_ms",
+        "quiet_sent",
+        "heavy_sent_per_s",
+        "total_sent_per_s",
+        "errors",
+    ]
+    print("\n" + "  ".join(f"{c:>16}" for c in cols))
+    for r in results:
+        print("  ".join(f"{r.get(c)!s:>16}" for c in cols))
+    for r in results:
+        if r["quiet_p99_ms_by_slice"]:
+            series = ", ".join(f"{s}s:{p}" for s, _, p in r["quiet_p99_ms_by_slice"])
+            print(f"{r['scenario']:>12} quiet p99 (ms) by {SLICE_SECONDS} s slice: {series}")
+
+
+def verdict(results: list[dict]) -> dict:
+    by = {r["scenario"]: r for r in results}
+    out = {}
+    if {"fair", "quiet-alone"} <= by.keys():
+        fair, base = by["fair"]["quiet_p99_ms"], by["quiet-alone"]["quiet_p99_ms"]
+        out["fair_quiet_p99_ms"] = fair
+        out["fair_quiet_p99_over_alone"] = round(fair / base, 2) if fair and base else None
+        out["fair_quiet_p99_le_2s"] = bool(fair and fair <= 2000)
+    if {"fair", "heavy-alone"} <= by.keys():
+        fair, alone = by["fair"]["heavy_sent_per_s"], by["heavy-alone"]["heavy_sent_per_s"]
+        out["fair_heavy_over_alone"] = round(fair / alone, 2) if alone else None
+    if "fifo" in by:
+        out["fifo_quiet_p99_ms"] = by["fifo"]["quiet_p99_ms"]
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    with open(os.devnull, "w") as devnull:
+        ensure_tools(devnull)
+    results = []
+    for name in args.scenarios.split(","):
+        mode, heavy, quiet = SCENARIOS[name]
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: mode={mode} heavy={heavy and args.heavy}"
+            f" quiet={quiet and args.quiet} window={args.window}s",
+            flush=True,
+        )
+        result = Scenario(args, name, mode, heavy, quiet, stamp).run()
+        print(f"    {json.dumps(result)}", flush=True)
+        results.append(result)
+    print_table(results)
+    summary = verdict(results)
+    print("\n" + json.dumps(summary, indent=1))
+    out = ROOT / "bench" / "results" / f"noisy-{stamp}.json"
+    out.write_text(
+        json.dumps({"args": vars(args), "results": results, "verdict": summary}, indent=1)
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
