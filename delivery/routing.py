@@ -150,7 +150,9 @@ def _send(queue: str, ids: list[str], priority: int) -> None:
 
 # Release the customer's oldest deferred messages into its free in-flight slots, into its
 # current tier's queue. The advisory lock serialises concurrent refills of one customer, so
-# two finishing workers cannot both fill the same free slots.
+# two finishing workers cannot both fill the same free slots. Slots are released a chunk at
+# a time (a task's worth, at most a quarter of the cap): a backlog then travels as batch
+# tasks, not one task per freed slot, while the rest of the window keeps the workers busy.
 _REFILL_SQL = """
     WITH cap AS (
         SELECT CASE WHEN c.sending_paused THEN 0
@@ -158,14 +160,16 @@ _REFILL_SQL = """
                t.queue
           FROM customers_customer c JOIN customers_tier t ON t.id = c.tier_id
          WHERE c.id = %(c)s),
-    inflight AS (
-        SELECT count(*) AS n FROM delivery_message
-         WHERE customer_id = %(c)s AND status IN ('queued', 'sending')),
+    free AS (
+        SELECT cap.n - (SELECT count(*) FROM delivery_message
+                         WHERE customer_id = %(c)s AND status IN ('queued', 'sending')) AS n,
+               LEAST(%(chunk)s, GREATEST(cap.n / 4, 1)) AS chunk
+          FROM cap),
     picked AS (
         SELECT id FROM delivery_message
          WHERE customer_id = %(c)s AND status = 'deferred' AND release_at IS NULL
          ORDER BY accepted_at
-         LIMIT GREATEST((SELECT n FROM cap) - (SELECT n FROM inflight), 0)
+         LIMIT (SELECT CASE WHEN n >= chunk THEN n ELSE 0 END FROM free)
            FOR UPDATE SKIP LOCKED)
     UPDATE delivery_message m
        SET status = 'queued', queued_at = %(now)s, published_at = NULL,
@@ -184,7 +188,10 @@ def refill(customer_ids: Iterable[int]) -> int:
     for customer_id in sorted(set(customer_ids)):
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_REFILL_LOCK, customer_id])
-            cursor.execute(_REFILL_SQL, {"c": customer_id, "now": timezone.now()})
+            cursor.execute(
+                _REFILL_SQL,
+                {"c": customer_id, "now": timezone.now(), "chunk": settings.MAILQ_TASK_BATCH_SIZE},
+            )
             rows = cursor.fetchall()
         # Published after the commit; a crash in between leaves them queued and unpublished,
         # which the sweeper republishes.

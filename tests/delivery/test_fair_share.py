@@ -152,3 +152,14 @@ def test_concurrent_releasers_never_release_more_than_the_cap_or_twice(
         thread.join(30)
     assert sum(released) == 25
     assert Message.objects.filter(status=Status.QUEUED).count() == 25
+
+
+def test_a_backlog_is_released_a_task_sized_chunk_at_a_time(alice, settings):
+    settings.MAILQ_TASK_BATCH_SIZE = 10
+    set_cap(alice.customer, 40)  # chunk = min(10, 40 // 4) = 10
+    messages = accepted(alice.customer, count=100)
+    assert by_status(alice.customer) == {"queued": 40, "deferred": 60}
+    Message.objects.filter(pk__in=[m.pk for m in messages[:9]]).update(status=Status.SENT)
+    assert routing.refill([alice.customer.pk]) == 0  # 9 free slots: less than a chunk
+    Message.objects.filter(pk=messages[9].pk).update(status=Status.SENT)
+    assert routing.refill([alice.customer.pk]) == 10
