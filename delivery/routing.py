@@ -3,8 +3,9 @@
 Fair share (MAILQ_ROUTING=fair, the default) keeps the broker short: each customer may have at
 most its in-flight cap of messages `queued` or `sending`; the rest of a burst waits in
 PostgreSQL as `deferred` and is released as that customer's messages finish. A quiet customer
-under its cap takes the fast path (published at once, at high priority), so it waits behind at
-most the messages already executing, never behind another customer's backlog.
+(fewer than MAILQ_EXPRESS_INFLIGHT messages in flight) takes the express lane: its own queue
+and worker processes, so it never waits behind another customer's backlog, nor behind the
+batch tasks the tier's pool is executing.
 See docs/fair-share.md for the mechanism and its bound.
 
 `fifo` publishes everything at once to the tier queue, as a naive system does; it exists so a
@@ -18,11 +19,12 @@ never published) and publishes it again.
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from functools import cache
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import KombuError
 
 from customers.models import Customer
 from delivery.models import Message, Status
@@ -33,10 +35,13 @@ log = logging.getLogger(__name__)
 DELIVER_TASK = "delivery.tasks.deliver"
 DELIVER_BATCH_TASK = "delivery.tasks.deliver_batch"
 
-# Within a tier queue: fast-path messages of customers under their cap go first; released
-# backlog, retries and republished messages after. RabbitMQ orders by priority at delivery.
-PRIORITY_FAST = 2
-PRIORITY_BACKLOG = 0
+EXPRESS_SUFFIX = ".express"
+
+
+def express_queue(tier_queue: str) -> str:
+    """The express lane of a tier: consumed by the `worker_express` processes."""
+    return tier_queue + EXPRESS_SUFFIX
+
 
 # Fail fast when the broker is away: the request already committed, the sweeper retries.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
@@ -60,10 +65,11 @@ _FLOW_SQL = """
 
 
 def admit(customer: Customer, messages: Sequence[Message]) -> None:
-    """Set the initial status of one customer's new (unsaved) messages.
+    """Set the initial status and queue of one customer's new (unsaved) messages.
 
-    Fair mode: messages fit in the customer's free in-flight slots take the fast path; if
-    the customer already has a backlog, new messages queue behind it (per-customer order).
+    Fair mode: messages that fit in the customer's free in-flight slots are queued at once,
+    the first ones on the express lane while the customer is quiet; if the customer already
+    has a backlog, new messages wait behind it (a customer's messages keep their order).
     """
     now = timezone.now()
     due = []
@@ -72,39 +78,43 @@ def admit(customer: Customer, messages: Sequence[Message]) -> None:
             message.status, message.release_at = Status.DEFERRED, message.send_at
         else:
             due.append(message)
-    free = len(due)
+    inflight, free = 0, len(due)
     if fair() and due:
-        free = _free_slots(customer)
+        inflight, free = _flow(customer)
+    express = max(settings.MAILQ_EXPRESS_INFLIGHT - inflight, 0) if fair() else 0
     for index, message in enumerate(due):
         if index < free:
             message.status, message.queued_at = Status.QUEUED, now
+            if index < express:
+                message.queue = express_queue(message.queue)
         else:
             message.status = Status.DEFERRED  # backlog: release_at stays NULL
 
 
-def _free_slots(customer: Customer) -> int:
+def _flow(customer: Customer) -> tuple[int, int]:
+    """(messages in flight, free slots) of a customer."""
     cap = customer.effective_inflight_cap
     if cap == 0:
-        return 0
+        return 0, 0
     with connection.cursor() as cursor:
         cursor.execute(_FLOW_SQL, {"c": customer.pk})
         inflight, has_backlog = cursor.fetchone()
     # Two concurrent requests may both see the same free slots: the cap can be exceeded by
     # at most one request's worth per web worker, and it corrects itself as messages finish.
-    return 0 if has_backlog else max(cap - inflight, 0)
+    return inflight, 0 if has_backlog else max(cap - inflight, 0)
 
 
 def publish_after_commit(messages: Sequence[Message]) -> None:
     """Publish the queued ones among `messages` once the current transaction commits."""
     queued = [(str(m.id), m.queue) for m in messages if m.status == Status.QUEUED]
     if queued:
-        transaction.on_commit(lambda: publish(queued, PRIORITY_FAST))
+        transaction.on_commit(lambda: publish(queued))
 
 
 # --- publishing -----------------------------------------------------------------------------
 
 
-def publish(id_queue_pairs: Sequence[tuple[str, str]], priority: int = PRIORITY_BACKLOG) -> int:
+def publish(id_queue_pairs: Sequence[tuple[str, str]]) -> int:
     """Publish committed, queued messages to their queues; return how many were confirmed.
 
     One id goes as `deliver(id)` (the real-time path); several go as `deliver_batch(ids)`
@@ -119,8 +129,8 @@ def publish(id_queue_pairs: Sequence[tuple[str, str]], priority: int = PRIORITY_
         size = settings.MAILQ_TASK_BATCH_SIZE
         for chunk in (ids[i : i + size] for i in range(0, len(ids), size)):
             try:
-                _send(queue, chunk, priority)
-            except (OperationalError, KombuError, OSError) as exc:
+                _send(queue, chunk)
+            except _broker_errors() as exc:
                 log.warning("publish to %s failed (%s); the sweeper will retry", queue, exc)
                 continue
             confirmed.extend(chunk)
@@ -131,7 +141,14 @@ def publish(id_queue_pairs: Sequence[tuple[str, str]], priority: int = PRIORITY_
     return len(confirmed)
 
 
-def _send(queue: str, ids: list[str], priority: int) -> None:
+@cache
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """Everything a publish can raise when the broker is away or refuses (kombu, amqp, OS)."""
+    with app.connection_for_write() as conn:
+        return (KombuError, OSError, *conn.connection_errors, *conn.channel_errors)
+
+
+def _send(queue: str, ids: list[str]) -> None:
     if len(ids) == 1:
         name, args = DELIVER_TASK, [ids[0]]
     else:
@@ -140,7 +157,6 @@ def _send(queue: str, ids: list[str], priority: int) -> None:
         name,
         args=args,
         queue=queue,
-        priority=priority,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
     )
@@ -196,7 +212,7 @@ def refill(customer_ids: Iterable[int]) -> int:
         # Published after the commit; a crash in between leaves them queued and unpublished,
         # which the sweeper republishes.
         if rows:
-            publish(rows, PRIORITY_BACKLOG)
+            publish(rows)
             released += len(rows)
     return released
 
@@ -250,5 +266,5 @@ def release_due() -> int:
     if fair():
         refill(row[2] for row in rows)
     else:
-        publish([(row[0], row[1]) for row in rows], PRIORITY_BACKLOG)
+        publish([(row[0], row[1]) for row in rows])
     return len(rows)

@@ -183,6 +183,9 @@ MAILQ_TASK_BATCH_SIZE = env_int("MAILQ_TASK_BATCH_SIZE", 50)
 MAILQ_BATCH_MAX_ITEMS = 500
 MAILQ_MAX_RECIPIENTS = env_int("MAILQ_MAX_RECIPIENTS", 50)
 MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
+# A customer with fewer messages than this in flight is quiet: its messages take the express
+# lane (docs/fair-share.md). 0 turns the express lane off.
+MAILQ_EXPRESS_INFLIGHT = env_int("MAILQ_EXPRESS_INFLIGHT", 5)
 
 # --- Celery (namespace CELERY_) ---------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -196,8 +199,6 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = MAILQ_MAINTENANCE_QUEUE
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
-# Queues are declared with x-max-priority so fast-path messages overtake released backlog.
-CELERY_TASK_QUEUE_MAX_PRIORITY = 3
 # At-least-once: ack after the task ran, requeue when the worker process dies mid-task.
 # The send ledger (a conditional UPDATE on the message row) makes the second delivery harmless.
 CELERY_TASK_ACKS_LATE = True

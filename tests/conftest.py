@@ -26,7 +26,14 @@ from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
 from tests.factories import CustomerFactory, template, tier
 
-TIER_QUEUES = ["mailq.free", "mailq.standard", "mailq.premium", "mailq.maintenance"]
+TIER_QUEUES = [
+    *(
+        f"mailq.{tier}{lane}"
+        for tier in ("free", "standard", "premium")
+        for lane in ("", ".express")
+    ),
+    "mailq.maintenance",
+]
 
 
 def wait_until(
@@ -150,28 +157,32 @@ def providers(settings, smtp_sink) -> Iterator[Sink]:
 # --- broker and workers ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker() -> Iterator[None]:
-    """Empty the test vhost's queues before and after the test.
-
-    Queues are declared exactly as Celery declares them (with x-max-priority); one left by an
-    older declaration is replaced.
-    """
-
-    def purge() -> None:
-        with app.connection_for_write() as conn:
-            for name in TIER_QUEUES:
-                queue = app.amqp.queues[name]
-                try:
-                    queue(conn.channel()).declare()
-                except conn.channel_errors:
-                    conn.channel().queue_delete(name)
-                    queue(conn.channel()).declare()
+def _declare_test_queues(purge: bool) -> None:
+    """Declare the test vhost's queues exactly as Celery does, replacing any left by an older,
+    different declaration (an earlier version declared x-max-priority); optionally purge."""
+    with app.connection_for_write() as conn:
+        for name in TIER_QUEUES:
+            queue = app.amqp.queues[name]
+            try:
+                queue(conn.channel()).declare()
+            except conn.channel_errors:
+                conn.channel().queue_delete(name)
+                queue(conn.channel()).declare()
+            if purge:
                 conn.channel().queue_purge(name)
 
-    purge()
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_queues() -> None:
+    _declare_test_queues(purge=True)
+
+
+@pytest.fixture
+def broker() -> Iterator[None]:
+    """Empty the test vhost's queues before and after the test."""
+    _declare_test_queues(purge=True)
     yield
-    purge()
+    _declare_test_queues(purge=True)
 
 
 def test_database_url() -> str:

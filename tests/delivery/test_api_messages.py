@@ -62,19 +62,19 @@ def test_it_accepts_a_send_with_202_and_stores_a_queued_message(
     assert message.template_version.template.slug == "welcome"
     assert message.template_version.template.customer == alice.customer
     assert message.template_version.number == 1
-    assert message.queue == alice.customer.tier.queue
+    assert message.queue == alice.customer.tier.queue + ".express"  # a quiet customer
     assert message.accepted_at <= message.queued_at
     assert parse_datetime(body["accepted_at"]) == message.accepted_at
     assert message.published_at is None  # published only after the commit
     assert len(callbacks) == 1  # the publish, deferred until the row is committed
 
 
-def test_it_routes_a_message_to_its_customers_tier_queue(alice, charlie):
+def test_it_routes_a_message_to_its_customers_tier_express_lane(alice, charlie):
     alice_id = send_ok(alice.client)
     charlie_id = send_ok(charlie.client)
 
-    assert Message.objects.get(pk=alice_id).queue == "mailq.standard"
-    assert Message.objects.get(pk=charlie_id).queue == "mailq.premium"
+    assert Message.objects.get(pk=alice_id).queue == "mailq.standard.express"
+    assert Message.objects.get(pk=charlie_id).queue == "mailq.premium.express"
 
 
 def test_it_stores_every_recipient_in_order_and_trims_them(alice):

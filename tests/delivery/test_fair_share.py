@@ -25,6 +25,20 @@ def by_status(customer: Customer) -> dict[str, int]:
     return counts
 
 
+def test_a_quiet_customer_takes_the_express_lane_until_it_has_a_few_in_flight(alice, settings):
+    settings.MAILQ_EXPRESS_INFLIGHT = 3
+    set_cap(alice.customer, 10)
+    first = accepted(alice.customer, count=2)
+    later = accepted(alice.customer, count=4)
+    queues = [m.queue for m in first + later]
+    assert queues == ["mailq.standard.express"] * 3 + ["mailq.standard"] * 3
+
+
+def test_fifo_mode_has_no_express_lane(alice, settings):
+    settings.MAILQ_ROUTING = "fifo"
+    assert {m.queue for m in accepted(alice.customer, count=3)} == {"mailq.standard"}
+
+
 def test_it_defers_a_customer_over_its_inflight_cap(alice):
     set_cap(alice.customer, 3)
     messages = accepted(alice.customer, count=5)

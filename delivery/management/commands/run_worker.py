@@ -5,29 +5,36 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from customers.models import Tier
+from delivery.routing import express_queue
 
 MAINTENANCE = "maintenance"
+EXPRESS = "express"
 
 
 class Command(BaseCommand):
     help = (
         "Run the Celery worker pool of one tier (its queue, concurrency = pool weight x "
-        "MAILQ_WORKERS_PER_WEIGHT), or the maintenance worker (sweeper)."
+        "MAILQ_WORKERS_PER_WEIGHT), the express pool (every tier's express lane, "
+        "MAILQ_EXPRESS_CONCURRENCY processes), or the maintenance worker (sweeper)."
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("pool", help=f"a tier name, or {MAINTENANCE!r}")
+        parser.add_argument("pool", help=f"a tier name, {EXPRESS!r} or {MAINTENANCE!r}")
         parser.add_argument("--concurrency", type=int, default=None)
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, *args, pool: str, concurrency: int | None, loglevel: str, **options) -> None:
         if pool == MAINTENANCE:
             queue, default_concurrency = settings.MAILQ_MAINTENANCE_QUEUE, 1
+        elif pool == EXPRESS:
+            queues = Tier.objects.values_list("queue", flat=True)
+            queue = ",".join(express_queue(q) for q in queues)
+            default_concurrency = int(os.environ.get("MAILQ_EXPRESS_CONCURRENCY", "2"))
         else:
             tier = Tier.objects.filter(name=pool).first()
             if tier is None:
                 known = ", ".join(Tier.objects.values_list("name", flat=True))
-                raise CommandError(f"No tier {pool!r}; known: {known}, or {MAINTENANCE}")
+                raise CommandError(f"No tier {pool!r}; known: {known}, {EXPRESS} or {MAINTENANCE}")
             per_weight = int(os.environ.get("MAILQ_WORKERS_PER_WEIGHT", "1"))
             queue, default_concurrency = tier.queue, tier.pool_weight * per_weight
         argv = [
