@@ -28,20 +28,13 @@ from kombu.exceptions import KombuError
 
 from customers.models import Customer
 from delivery.models import Message, Status
+from delivery.queues import express_queue
 from mailq.celery import app
 
 log = logging.getLogger(__name__)
 
 DELIVER_TASK = "delivery.tasks.deliver"
 DELIVER_BATCH_TASK = "delivery.tasks.deliver_batch"
-
-EXPRESS_SUFFIX = ".express"
-
-
-def express_queue(tier_queue: str) -> str:
-    """The express lane of a tier: consumed by the `worker_express` processes."""
-    return tier_queue + EXPRESS_SUFFIX
-
 
 # Fail fast when the broker is away: the request already committed, the sweeper retries.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}

@@ -70,7 +70,7 @@ def backoff_seconds(attempt: int) -> float:
 
 @dataclass(slots=True)
 class Report:
-    """What one delivery call did: counts by outcome, and whose messages finished."""
+    """What one delivery call did: counts by outcome, and whose in-flight slots it freed."""
 
     counts: dict[str, int] = field(default_factory=dict)
     customer_ids: set[int] = field(default_factory=set)
@@ -86,11 +86,19 @@ def deliver(message_ids: list[str]) -> Report:
     # Providers that failed at the connection level are skipped for the rest of this task, so
     # a dead provider costs one timeout per task, not one per message.
     down: set[str] = set()
-    outcomes = [_deliver_one(message, down) for message in messages]
-    _record(outcomes)
-    for outcome in outcomes:
+    pending: list[Outcome] = []
+    for message in messages:
+        outcome = _deliver_one(message, down)
+        pending.append(outcome)
         report.counts[outcome.status] = report.counts.get(outcome.status, 0) + 1
         report.customer_ids.add(outcome.message.customer_id)
+        # Recording in small groups bounds what a crash can make us send twice (mail the
+        # provider took but we had not recorded) to MAILQ_RECORD_EVERY messages per worker.
+        if len(pending) >= settings.MAILQ_RECORD_EVERY:
+            _record(pending)
+            pending = []
+    if pending:
+        _record(pending)
     return report
 
 

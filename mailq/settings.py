@@ -180,12 +180,16 @@ MAILQ_SWEEP_INTERVAL_SECONDS = env_float("MAILQ_SWEEP_INTERVAL_SECONDS", 2.0)
 MAILQ_SWEEP_BATCH = env_int("MAILQ_SWEEP_BATCH", 500)
 # Message ids carried by one task when a batch is accepted.
 MAILQ_TASK_BATCH_SIZE = env_int("MAILQ_TASK_BATCH_SIZE", 50)
+# Outcomes are written every this many sends: the most a worker crash can make us send twice.
+MAILQ_RECORD_EVERY = env_int("MAILQ_RECORD_EVERY", 10)
 MAILQ_BATCH_MAX_ITEMS = 500
 MAILQ_MAX_RECIPIENTS = env_int("MAILQ_MAX_RECIPIENTS", 50)
 MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
 # A customer with fewer messages than this in flight is quiet: its messages take the express
 # lane (docs/fair-share.md). 0 turns the express lane off.
 MAILQ_EXPRESS_INFLIGHT = env_int("MAILQ_EXPRESS_INFLIGHT", 5)
+# Tier pools run this much nicer than web and the express lane (0 = same priority).
+MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 5)
 
 # --- Celery (namespace CELERY_) ---------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")

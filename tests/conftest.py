@@ -24,15 +24,15 @@ from customers.models import Customer
 from delivery import sending
 from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
-from tests.factories import CustomerFactory, template, tier
+from tests.factories import CustomerFactory, queue, template, tier
 
 TIER_QUEUES = [
     *(
-        f"mailq.{tier}{lane}"
-        for tier in ("free", "standard", "premium")
-        for lane in ("", ".express")
+        queue(name, express)
+        for name in ("free", "standard", "premium")
+        for express in (False, True)
     ),
-    "mailq.maintenance",
+    django_settings.MAILQ_MAINTENANCE_QUEUE,
 ]
 
 
@@ -108,6 +108,8 @@ class Sink:
     received: list[MimeMessage] = field(default_factory=list)
     # recipient -> SMTP replies to give, in order, before accepting (e.g. ["451 4.3.0 busy"])
     refusals: dict[str, list[str]] = field(default_factory=dict)
+    # seconds each message takes to accept: a slow server, so a test can act mid-batch
+    delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -119,6 +121,8 @@ class Sink:
             self.received.append(email)
 
     def reply_for(self, envelope) -> str | None:
+        if self.delay:
+            time.sleep(self.delay)  # blocks the sink's event loop: it serves one client anyway
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 replies = self.refusals.get(rcpt)
@@ -173,8 +177,12 @@ def _declare_test_queues(purge: bool) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _test_queues() -> None:
+def _test_queues() -> Iterator[None]:
     _declare_test_queues(purge=True)
+    yield
+    with app.connection_for_write() as conn:
+        for name in TIER_QUEUES:  # this run's queues are named for it alone
+            conn.channel().queue_delete(name)
 
 
 @pytest.fixture

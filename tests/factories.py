@@ -1,14 +1,27 @@
 import factory
+from django.conf import settings
 
 from customers.models import Customer, Tier
 from customers.seed import DEFAULT_TIERS
+from delivery.queues import express_queue
 from templates.models import EmailTemplate
 
 
 def tier(name: str = "standard") -> Tier:
-    """The seeded tier (recreated after transactional tests flush the tables)."""
-    obj, _ = Tier.objects.get_or_create(name=name, defaults=DEFAULT_TIERS[name])
+    """The seeded tier (recreated after transactional tests flush the tables), with this test
+    run's queue name (tests/settings.py: QUEUE_PREFIX)."""
+    values = {**DEFAULT_TIERS[name], "queue": queue(name)}
+    obj, created = Tier.objects.get_or_create(name=name, defaults=values)
+    if not created and obj.queue != values["queue"]:
+        obj.queue = values["queue"]
+        obj.save(update_fields=["queue"])
     return obj
+
+
+def queue(tier_name: str, express: bool = False) -> str:
+    """This test run's name of a tier's queue (or of its express lane)."""
+    name = f"{settings.QUEUE_PREFIX}mailq.{tier_name}"
+    return express_queue(name) if express else name
 
 
 class CustomerFactory(factory.django.DjangoModelFactory):

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from delivery.models import DeliveryAttempt, Message, Status
-from tests.factories import template
+from tests.factories import queue, template
 
 WELCOME = {"template": "welcome", "to": "ana@example.com", "data": {"name": "Ana"}}
 
@@ -73,8 +73,8 @@ def test_it_routes_a_message_to_its_customers_tier_express_lane(alice, charlie):
     alice_id = send_ok(alice.client)
     charlie_id = send_ok(charlie.client)
 
-    assert Message.objects.get(pk=alice_id).queue == "mailq.standard.express"
-    assert Message.objects.get(pk=charlie_id).queue == "mailq.premium.express"
+    assert Message.objects.get(pk=alice_id).queue == queue("standard", express=True)
+    assert Message.objects.get(pk=charlie_id).queue == queue("premium", express=True)
 
 
 def test_it_stores_every_recipient_in_order_and_trims_them(alice):

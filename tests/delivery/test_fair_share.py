@@ -9,7 +9,7 @@ from django.utils import timezone
 from customers.models import Customer
 from delivery import routing, sending
 from delivery.models import Message, Status
-from tests.factories import accepted
+from tests.factories import accepted, queue
 
 
 def set_cap(customer: Customer, cap: int) -> Customer:
@@ -31,12 +31,12 @@ def test_a_quiet_customer_takes_the_express_lane_until_it_has_a_few_in_flight(al
     first = accepted(alice.customer, count=2)
     later = accepted(alice.customer, count=4)
     queues = [m.queue for m in first + later]
-    assert queues == ["mailq.standard.express"] * 3 + ["mailq.standard"] * 3
+    assert queues == [queue("standard", True)] * 3 + [queue("standard")] * 3
 
 
 def test_fifo_mode_has_no_express_lane(alice, settings):
     settings.MAILQ_ROUTING = "fifo"
-    assert {m.queue for m in accepted(alice.customer, count=3)} == {"mailq.standard"}
+    assert {m.queue for m in accepted(alice.customer, count=3)} == {queue("standard")}
 
 
 def test_it_defers_a_customer_over_its_inflight_cap(alice):
@@ -86,7 +86,7 @@ def test_released_messages_go_to_the_customers_current_tier_queue(alice, provide
     Customer.objects.filter(pk=alice.customer.pk).update(tier=tier("premium"))
     sending.deliver([str(messages[0].id)])
     assert routing.refill([alice.customer.pk]) == 1
-    assert Message.objects.get(pk=messages[1].pk).queue == "mailq.premium"
+    assert Message.objects.get(pk=messages[1].pk).queue == queue("premium")
 
 
 def test_pause_holds_everything_and_resume_releases(alice, providers):

@@ -5,7 +5,7 @@ import pytest
 from delivery.models import Message, Status
 from mailq.celery import app
 from tests.conftest import wait_until
-from tests.factories import accepted
+from tests.factories import accepted, queue
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +18,8 @@ def test_two_workers_given_the_same_message_send_it_once(alice, start_worker, sm
     # Redeliver every id several times over, as single and batch tasks, to both workers.
     for _ in range(3):
         for message_id in ids:
-            app.send_task("delivery.tasks.deliver", args=[message_id], queue="mailq.standard")
-        app.send_task("delivery.tasks.deliver_batch", args=[ids], queue="mailq.standard")
+            app.send_task("delivery.tasks.deliver", args=[message_id], queue=queue("standard"))
+        app.send_task("delivery.tasks.deliver_batch", args=[ids], queue=queue("standard"))
 
     assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 20)
     # Give the redundant tasks time to be consumed, then count at the SMTP server.
