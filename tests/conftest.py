@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 
 from customers.models import Customer
 from delivery import sending
+from delivery.queues import ensure
 from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
 from tests.factories import CustomerFactory, queue, template, tier
@@ -162,17 +163,11 @@ def providers(settings, smtp_sink) -> Iterator[Sink]:
 
 
 def _declare_test_queues(purge: bool) -> None:
-    """Declare the test vhost's queues exactly as Celery does, replacing any left by an older,
-    different declaration (an earlier version declared x-max-priority); optionally purge."""
-    with app.connection_for_write() as conn:
-        for name in TIER_QUEUES:
-            queue = app.amqp.queues[name]
-            try:
-                queue(conn.channel()).declare()
-            except conn.channel_errors:
-                conn.channel().queue_delete(name)
-                queue(conn.channel()).declare()
-            if purge:
+    """Declare this run's queues exactly as Celery does (queues.ensure), optionally purged."""
+    ensure(TIER_QUEUES)
+    if purge:
+        with app.connection_for_write() as conn:
+            for name in TIER_QUEUES:
                 conn.channel().queue_purge(name)
 
 

@@ -5,6 +5,7 @@ import signal
 import time
 
 import pytest
+from django.utils import timezone
 
 from customers.models import Customer
 from delivery import sweeper
@@ -62,3 +63,21 @@ def test_a_refill_lost_with_its_worker_is_done_by_the_reconciler(alice, start_wo
     assert {m["X-Mailq-Message-Id"] for m in smtp_sink.received} == {
         str(m.id) for m in messages[5:]
     }
+
+
+def test_a_queue_declared_differently_is_replaced_and_its_messages_republished(alice, broker):
+    from delivery import queues
+    from mailq.celery import app
+    from tests.factories import queue
+
+    [message] = accepted(alice.customer)  # published to the express lane
+    name = message.queue
+    assert name == queue("standard", express=True)
+    with app.connection_for_write() as conn:  # as an older version might have left it
+        conn.channel().queue_delete(name)
+        conn.channel().queue_declare(name, durable=True, arguments={"x-max-priority": 3})
+    Message.objects.filter(pk=message.pk).update(published_at=timezone.now())
+
+    assert queues.ensure([name]) == [name]
+    assert Message.objects.get(pk=message.pk).published_at is None  # the sweeper's to publish
+    assert queues.ensure([name]) == []

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from customers.models import Tier
-from delivery.queues import express_queue
+from delivery.queues import ensure, express_queue
 
 MAINTENANCE = "maintenance"
 EXPRESS = "express"
@@ -55,6 +55,10 @@ class Command(BaseCommand):
             "--without-gossip",
             "--without-mingle",
         ]
+        for name in ensure(queue.split(",")):
+            self.stderr.write(
+                f"replaced queue {name} (declared differently); its messages are republished"
+            )
         if pool not in (EXPRESS, MAINTENANCE) and settings.MAILQ_BULK_NICE:
             # On a saturated machine, accepting (the durability promise) and the express lane
             # get the CPU before bulk delivery: a burst is taken in at full speed, and quiet
