@@ -76,6 +76,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-access-log", action="store_true", help="gunicorn without access log")
     p.add_argument("--task-events", action="store_true", help="MAILQ_TASK_EVENTS=1")
     p.add_argument("--python-loadgen", action="store_true", help="phase 1 without wrk")
+    p.add_argument(
+        "--routing",
+        default="fifo",
+        choices=["fifo", "fair"],
+        help="MAILQ_ROUTING; fifo (default) so that phase 3a is one task per message as labelled"
+        " (fair would hold most singles back and release them in chunks)",
+    )
     p.add_argument("--wait-idle", type=float, default=30, help="max s to wait for a quiet CPU")
     args = p.parse_args()
     if args.quick:
@@ -355,6 +362,9 @@ def main() -> int:
         "REDIS_URL": "redis://127.0.0.1:6379/2",
         "MAILQ_PROVIDERS": f"smtp://127.0.0.1:{sink_port}",
         "MAILQ_TASK_EVENTS": "1" if args.task_events else "0",
+        "MAILQ_ROUTING": args.routing,
+        # The express lane is fair share's; this benchmark runs only the tier pool.
+        "MAILQ_EXPRESS_INFLIGHT": "0",
         "DJANGO_SETTINGS_MODULE": "mailq.settings",
         "PYTHONUNBUFFERED": "1",
     }
@@ -397,6 +407,7 @@ def main() -> int:
             "web_workers": args.web_workers,
             "pool_concurrency": concurrency,
             "task_events": args.task_events,
+            "routing": args.routing,
             "worker_loglevel": args.worker_loglevel,
             "access_log": not args.no_access_log,
             "pool_in_phases_1_2": "running, tier queue consumer cancelled",
