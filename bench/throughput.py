@@ -363,6 +363,8 @@ def main() -> int:
         "MAILQ_PROVIDERS": f"smtp://127.0.0.1:{sink_port}",
         "MAILQ_TASK_EVENTS": "1" if args.task_events else "0",
         "MAILQ_ROUTING": args.routing,
+        # Throttling is measured by bench/throttle_overhead.py; here it would only cap the load.
+        "MAILQ_THROTTLING": "0",
         # The express lane is fair share's; this benchmark runs only the tier pool.
         "MAILQ_EXPRESS_INFLIGHT": "0",
         "DJANGO_SETTINGS_MODULE": "mailq.settings",
