@@ -6,7 +6,7 @@ creates it), and Redis db 1 holds the cache.
 """
 
 from mailq.settings import *  # noqa: F403
-from mailq.settings import env_list, env_str
+from mailq.settings import REDIS_OPTIONS, env_list, env_str
 
 CELERY_BROKER_URL = env_str("MAILQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/mailq_test")
 REDIS_URL = env_str("MAILQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -15,6 +15,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "mailq-test",
+        "OPTIONS": REDIS_OPTIONS,
     }
 }
 # Nothing is sent anywhere unless a test points providers at its own SMTP sink.

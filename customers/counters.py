@@ -1,0 +1,75 @@
+"""Redis access for the throttle, quotas and abuse counters: one place for that I/O.
+
+Every call goes through `call`, which fails open: when Redis errors, it logs, answers None and
+skips Redis in this process for MAILQ_THROTTLE_RETRY_SECONDS, so an outage costs one timeout
+per process per interval instead of one per request (customers/throttling.py says why open).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+from weakref import WeakKeyDictionary
+
+import redis
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.redis import RedisCache
+from django.core.exceptions import ImproperlyConfigured
+from redis.commands.core import Script
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Link:
+    """The Redis client of the rate-limit cache, its key prefix, and the breaker's state."""
+
+    client: redis.Redis
+    prefix: str  # the cache's KEY_PREFIX and version, then "thr:"
+    down_until: float = 0.0
+    scripts: dict[str, Script] = field(default_factory=dict, repr=False)
+
+    def script(self, source: str) -> Script:
+        """A Lua script, run by EVALSHA (loaded into Redis on first use)."""
+        if source not in self.scripts:
+            self.scripts[source] = self.client.register_script(source)
+        return self.scripts[source]
+
+
+# Keyed by the cache object, so a test that points the cache elsewhere gets a fresh link
+# (and a fresh breaker) while the real one keeps its state.
+_links: "WeakKeyDictionary[BaseCache, Link]" = WeakKeyDictionary()
+
+
+def link() -> Link:
+    backend = caches[settings.RATELIMIT_USE_CACHE]
+    found = _links.get(backend)
+    if found is None:
+        if not isinstance(backend, RedisCache):
+            raise ImproperlyConfigured("Throttling needs a RedisCache (RATELIMIT_USE_CACHE).")
+        # Django's RedisCache keeps its connection pool behind _cache; sharing it keeps one
+        # pool (and one set of timeouts) per process for the cache and the throttle.
+        found = _links[backend] = Link(
+            client=backend._cache.get_client(write=True), prefix=backend.make_key("thr:")
+        )
+    return found
+
+
+def call(action: Callable[[Link], T]) -> T | None:
+    """Run `action` against Redis; None (fail open) if Redis is failing or recently failed."""
+    current = link()
+    if time.monotonic() < current.down_until:
+        return None
+    try:
+        return action(current)
+    except RedisError as exc:
+        pause = settings.MAILQ_THROTTLE_RETRY_SECONDS
+        current.down_until = time.monotonic() + pause
+        log.warning("Redis unavailable (%s): throttling fails open for %.0f s", exc, pause)
+        return None
