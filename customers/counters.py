@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import redis
@@ -18,8 +18,7 @@ from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
-from redis.commands.core import Script
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +32,22 @@ class Link:
     client: redis.Redis
     prefix: str  # the cache's KEY_PREFIX and version, then "thr:"
     down_until: float = 0.0
-    scripts: dict[str, Script] = field(default_factory=dict, repr=False)
+    shas: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def script(self, source: str) -> Script:
-        """A Lua script, run by EVALSHA (loaded into Redis on first use)."""
-        if source not in self.scripts:
-            self.scripts[source] = self.client.register_script(source)
-        return self.scripts[source]
+    def run(self, script: str, keys: list[str], args: list[str]) -> Any:
+        """Run a Lua script by its SHA, loading it into Redis first when Redis lacks it.
+
+        (redis-py's Script object does the same with more per-call overhead; this runs on
+        every API request.)
+        """
+        sha = self.shas.get(script)
+        if sha is not None:
+            try:
+                return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass  # Redis restarted or SCRIPT FLUSH: load it again
+        sha = self.shas[script] = self.client.script_load(script)
+        return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 # Keyed by the cache object, so a test that points the cache elsewhere gets a fresh link

@@ -41,7 +41,8 @@ class Period:
 
     @property
     def label(self) -> str:
-        return self.start.isoformat() if self.name == "day" else self.start.strftime("%Y-%m")
+        day = self.start.isoformat()
+        return day if self.name == "day" else day[:7]
 
     @property
     def resets_at(self) -> datetime:

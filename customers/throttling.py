@@ -60,19 +60,20 @@ from mailq.errors import QuotaExceeded, RateLimited, Unprocessable
 OK, RATE, DAY_QUOTA, MONTH_QUOTA, LOCKED, SEED = range(6)
 
 _TAKE = """
--- KEYS: 1 GCRA bucket (hash: tat, interval), 2 day counter, 3 month counter,
+-- KEYS: 1 GCRA bucket ("<tat> <interval>"), 2 day counter, 3 month counter,
 --       4 the client IP's lockout, 5 the customer's abuse window (hash)
 -- ARGV: 1 emission interval (us per message), 2 burst, 3 cost (messages),
 --       4 messages to reserve against the quotas, 5 daily quota, 6 monthly quota,
 --       7 abuse window TTL (s), 8 now (us), or "" for the Redis server's clock
 -- Returns {outcome, retry_us, remaining, reset_us, day, month, requests, invalid, refused}.
 local units = tonumber(ARGV[4])
-if units > 0 and redis.call("EXISTS", KEYS[2], KEYS[3]) < 2 then
+local found = redis.call("MGET", KEYS[2], KEYS[3], KEYS[4], KEYS[1])
+local day, month = tonumber(found[1]) or -1, tonumber(found[2]) or -1
+if units > 0 and (day < 0 or month < 0) then
   return {5, 0, 0, 0, -1, -1, 0, 0, 0}
 end
-local lock = redis.call("PTTL", KEYS[4])
-if lock > 0 then
-  return {4, lock * 1000, 0, 0, -1, -1, 0, 0, 0}
+if found[3] then
+  return {4, math.max(redis.call("PTTL", KEYS[4]), 1000) * 1000, 0, 0, -1, -1, 0, 0, 0}
 end
 local now
 if ARGV[8] == "" then
@@ -85,8 +86,6 @@ local requests = redis.call("HINCRBY", KEYS[5], "requests", 1)
 if requests == 1 then
   redis.call("EXPIRE", KEYS[5], ARGV[7])
 end
-local day = tonumber(redis.call("GET", KEYS[2]) or -1)
-local month = tonumber(redis.call("GET", KEYS[3]) or -1)
 
 local function refuse(outcome, retry, remaining, reset)
   local refused = redis.call("HINCRBY", KEYS[5], "refused", 1)
@@ -97,12 +96,14 @@ end
 -- GCRA: tat is when the bucket will be full again; a request fits if, after it, the bucket
 -- is not more than `burst` messages short of full.
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call("HMGET", KEYS[1], "tat", "interval")
-local tat = math.max(tonumber(state[1]) or now, now)
-local before = tonumber(state[2])
+local tat, before = now, nil
+if found[4] then
+  local stored, used_interval = string.match(found[4], "^(%S+) (%S+)$")
+  tat, before = math.max(tonumber(stored), now), tonumber(used_interval)
+end
 local function store(t)
-  redis.call("HSET", KEYS[1], "tat", string.format("%.0f", t), "interval", ARGV[1])
-  redis.call("PEXPIRE", KEYS[1], math.ceil((t - now) / 1000) + 1000)
+  redis.call("SET", KEYS[1], string.format("%.0f ", t) .. ARGV[1],
+             "PX", math.ceil((t - now) / 1000) + 1000)
 end
 local tolerance = burst * interval
 -- Limits changed since the last request (tier or override): the debt is kept in messages,
@@ -255,19 +256,19 @@ def take(
     ]
     args = [
         repr(1e6 / limits.rate_per_second),
-        limits.burst,
-        cost,
-        reserve,
-        limits.daily_quota,
-        limits.monthly_quota,
-        settings.MAILQ_ABUSE_WINDOW_SECONDS * 2,
-        "" if now is None else (now - _EPOCH) // timedelta(microseconds=1),
+        str(limits.burst),
+        str(cost),
+        str(reserve),
+        str(limits.daily_quota),
+        str(limits.monthly_quota),
+        str(settings.MAILQ_ABUSE_WINDOW_SECONDS * 2),
+        "" if now is None else str((now - _EPOCH) // timedelta(microseconds=1)),
     ]
-    result = counters.call(lambda link: link.script(_TAKE)(keys, args))
+    result = counters.call(lambda link: link.run(_TAKE, keys, args))
     if result is not None and result[0] == SEED:
         seeded = counters.call(lambda link: _seed(link, customer, keys[1:3], day, month, moment))
         if seeded is not None:
-            result = counters.call(lambda link: link.script(_TAKE)(keys, args))
+            result = counters.call(lambda link: link.run(_TAKE, keys, args))
     if result is None or result[0] == SEED:
         return None
     outcome, retry_us, remaining, reset_us, used_day, used_month, *window = result
@@ -310,7 +311,7 @@ def _seed(
 def give_back(reservation: quotas.Reservation) -> None:
     """Return a request's unused reserved messages to its quota counters."""
     counters.call(
-        lambda link: link.script(_GIVE_BACK)(list(reservation.keys), [reservation.unused])
+        lambda link: link.run(_GIVE_BACK, list(reservation.keys), [str(reservation.unused)])
     )
 
 
