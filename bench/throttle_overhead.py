@@ -93,8 +93,9 @@ def run_round(args, stack: Stack, key: str, mode: str) -> dict:
         before = cpu_snapshot(stack, DB)
         run = load(args, client, args.seconds, args.clients)
         after = cpu_snapshot(stack, DB)
-        # One connection: no queueing, so p50 is what a request costs the server.
-        alone = load(args, client, args.seconds / 2, 1)
+        # One connection (Python's http.client; wrk needs one per thread): no queueing, so
+        # p50 is what a request costs the server.
+        alone = run_threads(client, "/v1/messages", BODY.encode(), 1, args.seconds / 2)
     finally:
         stack.procs.pop("web").stop()
     ok = run["requests"] - run["errors"]
