@@ -51,6 +51,7 @@ from django_ratelimit.core import is_ratelimited
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
 
 from customers import abuse, counters, quotas
 from customers.models import Customer, Limits, Usage
@@ -378,7 +379,7 @@ class CustomerThrottle(BaseThrottle):
     those are its cost and its quota reservation. Other requests cost one and reserve nothing.
     """
 
-    def allow_request(self, request: Request, view) -> bool:
+    def allow_request(self, request: Request, view: APIView) -> bool:
         customer = request.user
         if not settings.MAILQ_THROTTLING or not isinstance(customer, Customer):
             return True
