@@ -44,6 +44,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -51,11 +52,13 @@ from django_ratelimit.core import is_ratelimited
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
-from rest_framework.views import APIView
 
 from customers import abuse, counters, quotas
 from customers.models import Customer, Limits, Usage
 from mailq.errors import QuotaExceeded, RateLimited, Unprocessable
+
+if TYPE_CHECKING:  # rest_framework.views imports the authentication classes, which import us
+    from rest_framework.views import APIView
 
 # Outcomes of the _TAKE script.
 OK, RATE, DAY_QUOTA, MONTH_QUOTA, LOCKED, SEED = range(6)
@@ -379,7 +382,7 @@ class CustomerThrottle(BaseThrottle):
     those are its cost and its quota reservation. Other requests cost one and reserve nothing.
     """
 
-    def allow_request(self, request: Request, view: APIView) -> bool:
+    def allow_request(self, request: Request, view: "APIView") -> bool:
         customer = request.user
         if not settings.MAILQ_THROTTLING or not isinstance(customer, Customer):
             return True
