@@ -24,6 +24,7 @@ import random
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 
 from customers.models import Customer, Usage
 
@@ -58,7 +59,11 @@ class Period:
 
 def periods(now: datetime) -> tuple[Period, Period]:
     """The day and the month that `now` (aware) falls in."""
-    today = now.astimezone(UTC).date()
+    return _periods(now.astimezone(UTC).date())
+
+
+@lru_cache(maxsize=4)  # every request asks; the answer changes once a day
+def _periods(today: date) -> tuple[Period, Period]:
     first = today.replace(day=1)
     next_month = (first + timedelta(days=32)).replace(day=1)
     return Period("day", today, today + timedelta(days=1)), Period("month", first, next_month)

@@ -233,3 +233,12 @@ def _answers(port: int) -> bool:
         return redis.Redis(port=port, socket_connect_timeout=0.2).ping()
     except redis.RedisError:
         return False
+
+
+def test_a_script_redis_no_longer_knows_is_loaded_again(alice):
+    """After a Redis restart (or SCRIPT FLUSH) EVALSHA answers NOSCRIPT: load and retry."""
+    limit(alice, api_rate_per_second=1)
+    assert send(alice.client)["RateLimit"].startswith('"burst";r=1999;')
+    counters.link().shas[throttling._TAKE] = "0" * 40  # a SHA Redis has never seen
+    assert send(alice.client)["RateLimit"].startswith('"burst";r=1998;')
+    assert counters.link().shas[throttling._TAKE] != "0" * 40
