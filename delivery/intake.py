@@ -2,7 +2,9 @@
 
 `accept_one` and `accept_many` are the only ways a message enters the system. When they return,
 the rows are committed in PostgreSQL (that is what a 202 promises) and the queued ones have
-been handed to the broker (or will be, by the sweeper, if the broker was away).
+been handed to the broker (or will be, by the sweeper, if the broker was away). The customer's
+usage is counted in the same transaction, so exactly what was stored is counted (a replay
+stores nothing, so it counts nothing).
 """
 
 import hashlib
@@ -14,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from customers import quotas
 from customers.models import Customer
 from delivery import routing
 from delivery.models import Message
@@ -82,11 +85,13 @@ def _prepare(customer: Customer, req: SendRequest, resolver: _TemplateResolver) 
 
 
 def _store(customer: Customer, messages: list[Message]) -> None:
-    """Insert with one multi-row statement, then publish after the commit."""
+    """Insert with one multi-row statement, count the usage, then publish after the commit."""
     with transaction.atomic():
         routing.admit(customer, messages)
         Message.objects.bulk_create(messages)
         routing.publish_after_commit(messages)
+        # Last, so the usage row's lock is held only until the commit that follows.
+        quotas.record(customer, len(messages))
 
 
 def accept_one(

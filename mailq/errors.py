@@ -40,6 +40,25 @@ class Unprocessable(ApiError):
     code = "validation_error"
 
 
+class RateLimited(ApiError):
+    """429: slow down. The handler sends `retry_after` (seconds) as the Retry-After header."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, retry_after: int, fields: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, fields)
+        self.retry_after = max(int(retry_after), 1)
+
+
+class QuotaExceeded(RateLimited):
+    """429: the daily or monthly quota is used up; Retry-After points at its reset."""
+
+    code = "quota_exceeded"
+
+
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
@@ -70,7 +89,10 @@ _DRF_CODES: list[tuple[type[exceptions.APIException], str]] = [
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF EXCEPTION_HANDLER: every handled error leaves in the JSON error shape."""
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        if isinstance(exc, RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, RequestDataTooBig):
         return Response(
             error_body("payload_too_large", "The request body is too large."),

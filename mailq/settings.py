@@ -4,6 +4,7 @@ The typed helpers fail loudly on a malformed value instead of silently using a d
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -72,6 +73,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "mailq.middleware.BodySizeLimitMiddleware",
+    # RateLimit headers, quota give-back and invalid-request counting (customers/throttling.py).
+    "customers.throttling.RateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -111,11 +114,19 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Every API request makes one Redis call (the throttle): a hung Redis must cost milliseconds,
+# not seconds, before the throttle fails open (customers/throttling.py).
+MAILQ_REDIS_TIMEOUT_SECONDS = env_float("MAILQ_REDIS_TIMEOUT_SECONDS", 0.25)
+REDIS_OPTIONS = {
+    "socket_connect_timeout": MAILQ_REDIS_TIMEOUT_SECONDS,
+    "socket_timeout": MAILQ_REDIS_TIMEOUT_SECONDS,
+}
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "mailq",
+        "OPTIONS": REDIS_OPTIONS,
     }
 }
 
@@ -144,6 +155,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "mailq.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["customers.throttling.CustomerThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -190,6 +202,34 @@ MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
 MAILQ_EXPRESS_INFLIGHT = env_int("MAILQ_EXPRESS_INFLIGHT", 5)
 # Tier pools run this much nicer than web and the express lane (0 = same priority).
 MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 5)
+
+# --- throttling, quotas, abuse (customers/throttling.py, customers/abuse.py) -----------------
+# 0 turns off rate limits, quota enforcement, the IP lockout and abuse detection (usage is still
+# counted). Off only for benchmarks and emergencies.
+MAILQ_THROTTLING = env_bool("MAILQ_THROTTLING", True)
+# After a failed Redis call a web process fails open without calling Redis for this long.
+MAILQ_THROTTLE_RETRY_SECONDS = env_float("MAILQ_THROTTLE_RETRY_SECONDS", 5.0)
+# Failed authentications per client IP (a django-ratelimit rate: N/s, N/m, N/h, N/d), then the
+# IP answers 429 for the cool-down.
+MAILQ_AUTH_FAILURE_RATE = env_str("MAILQ_AUTH_FAILURE_RATE", "10/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", MAILQ_AUTH_FAILURE_RATE):
+    raise ImproperlyConfigured(
+        f"MAILQ_AUTH_FAILURE_RATE must look like 10/m, got {MAILQ_AUTH_FAILURE_RATE!r}"
+    )
+MAILQ_AUTH_LOCKOUT_SECONDS = env_int("MAILQ_AUTH_LOCKOUT_SECONDS", 300)
+# The request.META key holding the client address: behind a reverse proxy, the header it sets
+# (e.g. HTTP_X_REAL_IP); never a header the client can set itself.
+MAILQ_CLIENT_IP_META = env_str("MAILQ_CLIENT_IP_META", "REMOTE_ADDR")
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_FAIL_OPEN = True  # the documented choice (customers/throttling.py)
+# Abuse detection, per customer and window: flag for an operator, then suspend.
+MAILQ_ABUSE_WINDOW_SECONDS = env_int("MAILQ_ABUSE_WINDOW_SECONDS", 60)
+MAILQ_ABUSE_FLAG_MIN_REQUESTS = env_int("MAILQ_ABUSE_FLAG_MIN_REQUESTS", 50)
+MAILQ_ABUSE_FLAG_INVALID_RATIO = env_float("MAILQ_ABUSE_FLAG_INVALID_RATIO", 0.5)
+MAILQ_ABUSE_FLAG_REFUSED = env_int("MAILQ_ABUSE_FLAG_REFUSED", 300)
+MAILQ_ABUSE_SUSPEND_MIN_REQUESTS = env_int("MAILQ_ABUSE_SUSPEND_MIN_REQUESTS", 500)
+MAILQ_ABUSE_SUSPEND_INVALID_RATIO = env_float("MAILQ_ABUSE_SUSPEND_INVALID_RATIO", 0.9)
+MAILQ_ABUSE_SUSPEND_REFUSED = env_int("MAILQ_ABUSE_SUSPEND_REFUSED", 3000)
 
 # --- Celery (namespace CELERY_) ---------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -19,4 +19,5 @@ urlpatterns = [
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("v1/", include("delivery.api.urls")),
     path("v1/", include("templates.api.urls")),
+    path("v1/", include("customers.api.urls")),
 ]

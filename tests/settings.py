@@ -10,7 +10,7 @@ the worker processes a run starts inherit it through the environment.
 import os
 
 from mailq.settings import *  # noqa: F403
-from mailq.settings import env_list, env_str
+from mailq.settings import REDIS_OPTIONS, env_list, env_str
 
 QUEUE_PREFIX = os.environ.setdefault("MAILQ_TEST_QUEUE_PREFIX", f"t{os.getpid()}.")
 MAILQ_MAINTENANCE_QUEUE = f"{QUEUE_PREFIX}mailq.maintenance"
@@ -23,6 +23,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "mailq-test",
+        "OPTIONS": REDIS_OPTIONS,
     }
 }
 # Nothing is sent anywhere unless a test points providers at its own SMTP sink.

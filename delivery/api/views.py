@@ -1,5 +1,6 @@
 """Message endpoints. Thin: a serializer validates, one intake/domain function acts."""
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -47,6 +48,10 @@ class MessagePagination(CursorPagination):
 
 
 class MessagesView(APIView):
+    def throttle_messages(self, request: Request) -> int:
+        """Messages this request sends (customers/throttling.py): a POST sends one."""
+        return 1 if request.method == "POST" else 0
+
     @extend_schema(
         request=SendSerializer,
         parameters=[IDEMPOTENCY_HEADER],
@@ -92,6 +97,13 @@ class MessagesView(APIView):
 
 
 class BatchView(APIView):
+    def throttle_messages(self, request: Request) -> int:
+        """The batch's items: each costs a unit of the rate limit and of the quotas."""
+        items = request.data.get("messages") if isinstance(request.data, dict) else None
+        if not isinstance(items, list) or not items:
+            return 0  # invalid: the serializer answers 422; the request costs one unit
+        return min(len(items), settings.MAILQ_BATCH_MAX_ITEMS)
+
     @extend_schema(
         request=BatchSerializer,
         responses={202: BatchResultSerializer},
