@@ -64,6 +64,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=2.0, help="s between a quiet customer's sends")
     p.add_argument("--window", type=float, default=120.0, help="s of quiet traffic per scenario")
     p.add_argument("--batch-clients", type=int, default=2, help="heavy customer's connections")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="s at the start of each window left out of the quiet percentiles (first"
+        " connections, imports); the per-slice figures include them",
+    )
     p.add_argument("--quiet-wait", type=float, default=60, help="max s to wait for quiet mail")
     p.add_argument("--scenarios", default="quiet-alone,heavy-alone,fair,fifo")
     args = p.parse_args()
@@ -220,7 +227,8 @@ class Scenario:
                           (ORDER BY extract(epoch FROM sent_at - accepted_at)),
                       extract(epoch FROM max(coalesce(sent_at, now()) - accepted_at))
                  FROM delivery_message m JOIN customers_customer c ON c.id = m.customer_id
-                WHERE c.name LIKE 'quiet%%'""",
+                WHERE c.name LIKE 'quiet%%' AND m.accepted_at >= to_timestamp(%s)""",
+            t0 + self.args.warmup,
         )[0]
         slices = self._sql(
             db,
