@@ -185,7 +185,7 @@ class Stack:
         argv = [str(Path(sys.executable).parent / "gunicorn"), "mailq.wsgi"]
         argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
         # As in the Procfile: threads, so a quick request is not stuck behind a big batch.
-        argv += ["--worker-class", "gthread", "--threads", os.environ.get("WEB_THREADS", "4")]
+        argv += ["--worker-class", "gthread", "--threads", os.environ.get("WEB_THREADS", "1")]
         argv += ["--graceful-timeout", "20"] + (["--access-logfile", "-"] if access_log else [])
         proc = self.start("web", argv)
 
