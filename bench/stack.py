@@ -184,7 +184,7 @@ class Stack:
     def start_web(self, port: int, workers: int, access_log: bool) -> Proc:
         argv = [str(Path(sys.executable).parent / "gunicorn"), "mailq.wsgi"]
         argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-        # As in the Procfile: threads, so a quick request is not stuck behind a big batch.
+        # As in the Procfile (gthread, WEB_THREADS threads per process, default 1).
         argv += ["--worker-class", "gthread", "--threads", os.environ.get("WEB_THREADS", "1")]
         argv += ["--graceful-timeout", "20"] + (["--access-logfile", "-"] if access_log else [])
         proc = self.start("web", argv)
