@@ -123,7 +123,8 @@ class BatchView(APIView):
                     if isinstance(raw, dict)
                     else {"non_field_errors": ["Each message must be a JSON object."]}
                 )
-                items.append(Unprocessable("The message is invalid.", _plain(errors)))
+                # Nested errors stay nested, exactly as a single send reports them.
+                items.append(Unprocessable("The message is invalid.", flatten_detail(errors)))
         results = intake.accept_many(request.user, items)
         body = [
             error_body(r.code, r.message, r.fields) if isinstance(r, ApiError) else _accepted(r)
@@ -134,11 +135,6 @@ class BatchView(APIView):
             {"accepted": accepted, "rejected": len(results) - accepted, "results": body},
             status=status.HTTP_202_ACCEPTED,
         )
-
-
-def _plain(errors) -> dict:
-    # Nested errors (e.g. {"to": {1: [...]}}) stay nested, exactly as a single send reports them.
-    return flatten_detail(errors)
 
 
 class MessageDetailView(APIView):
