@@ -27,6 +27,8 @@ from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
 from tests.factories import CustomerFactory, queue, template, tier
 
+pytest_plugins = ["tests.browser"]
+
 TIER_QUEUES = [
     *(
         queue(name, express)
