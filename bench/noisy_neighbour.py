@@ -161,6 +161,11 @@ class Scenario:
             result = self._measure(db, web_port, keys)
             after = cpu_snapshot(stack, DB)
             result["outside_cpu_s"] = round(_outside_cpu(before, after), 1)
+            result["cpu_s"] = {
+                name: round(after[name] - before.get(name, 0.0), 1)
+                for name in (*STACK_GROUPS, "loadgen")
+                if name in after
+            }
             return result
         finally:
             self.stop.set()
@@ -313,11 +318,13 @@ class Scenario:
         }
 
 
+STACK_GROUPS = ("web", "workers", "express", "maintenance", "beat", "sink", "postgres", "rabbitmq")
+
+
 def _outside_cpu(before: dict, after: dict) -> float:
     """CPU seconds the machine spent outside the stack's processes (other jobs) between two
     snapshots (kernel softirq time for loopback traffic counts as ours)."""
-    ours = ("web", "workers", "express", "maintenance", "beat", "sink", "postgres", "rabbitmq")
-    used = sum(after.get(k, 0) - before.get(k, 0) for k in (*ours, "loadgen", "irq"))
+    used = sum(after.get(k, 0) - before.get(k, 0) for k in (*STACK_GROUPS, "loadgen", "irq"))
     return max(0.0, after["machine"] - before["machine"] - used)
 
 
