@@ -92,7 +92,7 @@ def _is_timeout(cause: BaseException | None) -> bool:
     return isinstance(cause, requests.Timeout | ReadTimeoutError | ConnectTimeoutError)
 
 
-def classify(exc: AnymailError, name: str) -> ProviderError:
+def classify(exc: AnymailError) -> ProviderError:
     """An anymail error -> a ProviderError that says whether to retry.
 
     Permanent: every recipient refused, an invalid address, content the provider or anymail
@@ -100,15 +100,14 @@ def classify(exc: AnymailError, name: str) -> ProviderError:
     (our credentials or URL, not the message).
     """
     # anymail's text spans lines (the provider's JSON answer, pretty-printed): keep it, on one.
-    detail = " ".join(str(exc).split())[:500] or type(exc).__name__
-    message = f"{name}: {detail}"
+    message = " ".join(str(exc).split())[:500] or type(exc).__name__
     if isinstance(exc, AnymailRecipientsRefused | AnymailInvalidAddress):
         return PermanentError(message)
     if isinstance(exc, AnymailUnsupportedFeature | AnymailSerializationError):
         return PermanentError(message)
     cause = exc.__cause__
     if _is_timeout(cause):
-        return ProviderTimeout(f"{name}: timed out")
+        return ProviderTimeout("timed out")
     status, code = _http_status(exc)
     if status == 429 or code in _SES_THROTTLED:
         return ProviderThrottled(message)
@@ -212,11 +211,11 @@ class AnymailProvider:
                 self._open = True
             sent = self._backend.send_messages([message])
         except AnymailError as exc:
-            raise classify(exc, self.name) from exc
+            raise classify(exc) from exc
         except (requests.RequestException, OSError) as exc:  # raised outside anymail's wrapper
-            raise ProviderUnavailable(f"{self.name}: {exc}") from exc
+            raise ProviderUnavailable(str(exc)) from exc
         if not sent:
-            raise PermanentError(f"{self.name}: nothing to send (no recipients)")
+            raise PermanentError("nothing to send (no recipients)")
         status = message.anymail_status
         return SendResult(provider=self.name, provider_message_id=str(status.message_id or ""))
 

@@ -147,7 +147,6 @@ class TestProviderContract:
         with pytest.raises(FAILURES[mode]) as caught:
             provider.send(email(1))
         assert caught.value.permanent == (mode == INVALID)
-        assert caught.value.message.startswith(provider.name) or mode != SLOW
         assert harness.received() == []
 
     def test_an_unreachable_server_is_unavailable(self, harness):
