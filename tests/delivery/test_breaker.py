@@ -165,3 +165,14 @@ def test_without_redis_breakers_fail_open_and_redis_is_left_alone_for_a_while(
     assert breaker._client().paused()
     assert len([r for r in caplog.records if "fail open" in r.message]) == 1
     assert breaker.states() == {http: "closed", smtp: "closed"}
+
+
+def test_the_message_list_in_the_admin_shows_each_providers_breaker(
+    admin_client, alice, fake, smtp_sink, chain
+):
+    http, smtp = chain
+    fake.set_mode(ERROR)
+    deliver_each(alice.customer, 3)
+    page = admin_client.get("/admin/delivery/message/").content.decode()
+    assert f"<td>{http}</td><td><strong>open</strong></td><td>3</td>" in page
+    assert f"<td>{smtp}</td><td><strong>closed</strong></td><td>0</td><td></td>" in page
