@@ -95,8 +95,17 @@ DIALECTS: dict[str, Dialect] = {
     "postmark": Dialect(
         "/email",
         _postmark,
-        lambda r: (200, {"To": ", ".join(r.to), "SubmittedAt": "2026-01-01T00:00:00Z",
-                         "MessageID": _id(), "ErrorCode": 0, "Message": "OK"}, {}),
+        lambda r: (
+            200,
+            {
+                "To": ", ".join(r.to),
+                "SubmittedAt": "2026-01-01T00:00:00Z",
+                "MessageID": _id(),
+                "ErrorCode": 0,
+                "Message": "OK",
+            },
+            {},
+        ),
         lambda r: (422, {"ErrorCode": 300, "Message": f"Invalid 'To' address: '{r.to[0]}'."}, {}),
         (500, {"ErrorCode": 100, "Message": "Internal server error"}, {}),
         (429, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, {}),
@@ -105,8 +114,18 @@ DIALECTS: dict[str, Dialect] = {
         "/mail/send",
         _sendgrid,
         lambda r: (202, {}, {"X-Message-Id": _id()}),
-        lambda r: (400, {"errors": [{"message": "Does not contain a valid address.",
-                                     "field": "personalizations.0.to.0.email"}]}, {}),
+        lambda r: (
+            400,
+            {
+                "errors": [
+                    {
+                        "message": "Does not contain a valid address.",
+                        "field": "personalizations.0.to.0.email",
+                    }
+                ]
+            },
+            {},
+        ),
         (500, {"errors": [{"message": "Internal server error"}]}, {}),
         (429, {"errors": [{"message": "too many requests"}]}, {}),
     ),
@@ -122,18 +141,29 @@ DIALECTS: dict[str, Dialect] = {
         "/emails",
         _resend,
         lambda r: (200, {"id": _id()}, {}),
-        lambda r: (422, {"statusCode": 422, "name": "validation_error",
-                         "message": "Invalid `to` field."}, {}),
+        lambda r: (
+            422,
+            {"statusCode": 422, "name": "validation_error", "message": "Invalid `to` field."},
+            {},
+        ),
         (500, {"statusCode": 500, "name": "internal_server_error", "message": "oops"}, {}),
         (429, {"statusCode": 429, "name": "rate_limit_exceeded", "message": "slow down"}, {}),
     ),
     "sparkpost": Dialect(
         "/transmissions/",
         _sparkpost,
-        lambda r: (200, {"results": {"total_rejected_recipients": 0,
-                                     "total_accepted_recipients": len(r.to), "id": _id()}}, {}),
-        lambda r: (422, {"errors": [{"message": "Invalid recipient address", "code": "5002"}]},
-                   {}),
+        lambda r: (
+            200,
+            {
+                "results": {
+                    "total_rejected_recipients": 0,
+                    "total_accepted_recipients": len(r.to),
+                    "id": _id(),
+                }
+            },
+            {},
+        ),
+        lambda r: (422, {"errors": [{"message": "Invalid recipient address", "code": "5002"}]}, {}),
         (500, {"errors": [{"message": "Internal server error"}]}, {}),
         (429, {"errors": [{"message": "Too many requests"}]}, {}),
     ),
@@ -143,8 +173,11 @@ DIALECTS: dict[str, Dialect] = {
         lambda r: (200, {"MessageId": _id()}, {}),
         lambda r: (400, {"message": "Illegal address"}, {"x-amzn-ErrorType": "MessageRejected"}),
         (500, {"message": "Internal failure"}, {"x-amzn-ErrorType": "InternalFailure"}),
-        (429, {"message": "Maximum sending rate exceeded."},
-         {"x-amzn-ErrorType": "TooManyRequestsException"}),
+        (
+            429,
+            {"message": "Maximum sending rate exceeded."},
+            {"x-amzn-ErrorType": "TooManyRequestsException"},
+        ),
     ),
 }
 

@@ -61,7 +61,9 @@ ESPS: dict[str, Esp] = {
     "sendgrid": Esp(
         "anymail.backends.sendgrid.EmailBackend", "api_key", "https://api.sendgrid.com/v3/"
     ),
-    "mailgun": Esp("anymail.backends.mailgun.EmailBackend", "api_key", "https://api.mailgun.net/v3"),
+    "mailgun": Esp(
+        "anymail.backends.mailgun.EmailBackend", "api_key", "https://api.mailgun.net/v3"
+    ),
     "resend": Esp("anymail.backends.resend.EmailBackend", "api_key", "https://api.resend.com/"),
     "sparkpost": Esp(
         "anymail.backends.sparkpost.EmailBackend", "api_key", "https://api.sparkpost.com/api/v1/"

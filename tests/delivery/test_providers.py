@@ -182,7 +182,10 @@ def test_provider_urls_name_the_service_not_the_key():
     assert from_url("ses://AKID:s%2Fcret@eu-west-1").name == "ses://email.eu-west-1.amazonaws.com"
     assert from_url("ses://us-east-1").name == "ses://email.us-east-1.amazonaws.com"
     chain = build_chain(["postmark://T", "smtp://relay.example.com:587"])
-    assert [p.name for p in chain] == ["postmark://api.postmarkapp.com", "smtp://relay.example.com:587"]
+    assert [p.name for p in chain] == [
+        "postmark://api.postmarkapp.com",
+        "smtp://relay.example.com:587",
+    ]
 
 
 @pytest.mark.parametrize("url", ["postmark://", "ses://", "nosuch://x"])
