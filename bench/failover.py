@@ -69,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fail-at", type=float, default=10.0, help="s into the run the primary fails")
     p.add_argument("--recover-at", type=float, default=25.0, help="s into the run it recovers")
     p.add_argument("--switch-window", type=float, default=3.0, help="s after the failure")
+    p.add_argument(
+        "--warmup", type=float, default=5.0, help="first s left out of `before` (first connections)"
+    )
     p.add_argument("--timeout", type=float, default=1.0, help="the primary's HTTP timeout, s")
     p.add_argument("--fail-max", type=int, default=5, help="MAILQ_BREAKER_FAIL_MAX")
     p.add_argument("--reset", type=float, default=5.0, help="MAILQ_BREAKER_RESET_SECONDS")
@@ -204,7 +207,7 @@ class Run:
             "breaker_open_s": round(m["opened"] - fail, 2) if "opened" in m else None,
             "first_secondary_s": first_secondary and round(first_secondary, 3),
             "primary_failures": failures,
-            "before": self._latency(db, m["start"] + 2, fail),
+            "before": self._latency(db, m["start"] + a.warmup, fail),
             "switch": self._latency(db, fail, fail + a.switch_window),
             "after": self._latency(db, fail + a.switch_window, recover),
             "recovered": self._latency(db, recover, m["end"]),

@@ -17,9 +17,12 @@ breaker is treated as closed (each provider is tried, as with no breaker), a war
 logged, and this process leaves Redis alone for MAILQ_BREAKER_REDIS_RETRY_SECONDS, so an
 outage costs one Redis timeout per process per interval, not several per message.
 
-Cost: a send through a closed breaker makes two Redis round trips (read the state, reset the
-failure count). pybreaker holds a per-breaker lock during the call; a Celery prefork process
-sends one message at a time, so it never waits on it.
+After a cool-down one send across all workers probes the provider (a Redis SET NX decides
+which); the others keep skipping it until the probe's verdict.
+
+Cost: a send through a closed breaker makes three Redis round trips (the state, read here and
+again by pybreaker; the failure count reset). pybreaker holds a per-breaker lock during the
+call; a Celery prefork process sends one message at a time, so it never waits on it.
 """
 
 import contextlib
@@ -92,7 +95,15 @@ class _Storage(pybreaker.CircuitRedisStorage):
 
 
 _redis: _FailFast | None = None
-_breakers: dict[tuple[str, int, float], pybreaker.CircuitBreaker] = {}
+
+@dataclass(frozen=True)
+class _Handle:
+    breaker: pybreaker.CircuitBreaker
+    storage: _Storage
+    probe_key: str
+
+
+_handles: dict[tuple[str, int, float], _Handle] = {}
 
 
 def _client() -> _FailFast:
@@ -118,31 +129,63 @@ def _only_temporary(exc: BaseException) -> bool:
     return not isinstance(exc, TemporaryError)
 
 
-def breaker_for(name: str) -> pybreaker.CircuitBreaker:
+def _handle(name: str) -> _Handle:
     """This process's handle on the provider's shared breaker."""
     key = (name, settings.MAILQ_BREAKER_FAIL_MAX, settings.MAILQ_BREAKER_RESET_SECONDS)
-    found = _breakers.get(key)
+    found = _handles.get(key)
     if found is None:
-        found = _breakers[key] = pybreaker.CircuitBreaker(
+        storage = _Storage(CLOSED, _client(), namespace=_namespace(name))
+        breaker = pybreaker.CircuitBreaker(
             fail_max=key[1],
             reset_timeout=key[2],
             exclude=[_only_temporary],
-            state_storage=_Storage(CLOSED, _client(), namespace=_namespace(name)),
+            state_storage=storage,
             name=name,
             # The failure that trips the breaker propagates as itself: it is a real attempt.
             throw_new_error_on_trip=False,
         )
+        found = _handles[key] = _Handle(breaker, storage, f"{_namespace(name)}:probe")
     return found
+
+
+def _may_send(handle: _Handle) -> bool | None:
+    """None: closed, send. True: this send is the probe. False: skip the provider.
+
+    pybreaker lets every call through while half-open, so after each cool-down every worker
+    would pay a still-failing provider's timeout at once. One probe at a time across all
+    workers instead: whoever sets the probe key first. The key expires after one cool-down,
+    so a prober that died does not keep the provider skipped for ever.
+    """
+    state = handle.breaker.current_state
+    if state == CLOSED:
+        return None
+    reset = handle.breaker.reset_timeout
+    opened_at = handle.storage.opened_at
+    if state == OPEN and opened_at and (datetime.now(UTC) - opened_at).total_seconds() < reset:
+        return False  # cooling down
+    return bool(_client().set(handle.probe_key, b"1", nx=True, px=int(reset * 1000)))
 
 
 def send(provider: Provider, email: Email) -> SendResult:
     """`provider.send(email)` through its breaker; CircuitOpen if the breaker is open."""
-    if _client().paused():
+    client = _client()
+    if client.paused():
         return provider.send(email)  # fail open: no Redis, no breaker
     try:
-        return breaker_for(provider.name).call(provider.send, email)
+        handle = _handle(provider.name)
+        probe = _may_send(handle)
+    except RedisError:
+        return provider.send(email)  # _FailFast logged it and pauses Redis for a while
+    if probe is False:
+        raise CircuitOpen(provider.name)
+    try:
+        return handle.breaker.call(provider.send, email)
     except pybreaker.CircuitBreakerError as exc:
         raise CircuitOpen(provider.name) from exc
+    finally:
+        if probe:
+            with contextlib.suppress(RedisError):
+                client.delete(handle.probe_key)  # the verdict is in: the next cool-down's turn
 
 
 @dataclass(frozen=True)

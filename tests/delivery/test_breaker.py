@@ -111,12 +111,38 @@ def test_a_failed_probe_opens_it_again(alice, fake, smtp_sink, chain):
     assert fake.requests == 4
 
 
+def test_after_the_cool_down_only_one_send_across_all_workers_probes(
+    alice, fake, smtp_sink, chain
+):
+    http, _ = chain
+    fake.set_mode(SLOW)
+    deliver_each(alice.customer, 3)
+    time.sleep(1.1)
+    client = breaker._client()
+    probe_key = f"mailq:breaker:{http}:probe"
+    client.set(probe_key, b"1")  # another worker is probing right now
+    deliver_each(alice.customer, 2)
+    assert fake.requests == 3  # skipped: nobody else pays the timeout
+    client.delete(probe_key)
+    deliver_each(alice.customer, 1)
+    assert fake.requests == 4
+    assert not client.exists(probe_key)  # freed for the next cool-down
+
+
+def test_a_prober_that_died_does_not_keep_the_provider_skipped(alice, fake, smtp_sink, chain):
+    http, _ = chain
+    breaker._client().set(f"mailq:breaker:{http}:pybreaker:state", b"half-open")  # and no key
+    [message] = deliver_each(alice.customer, 1)
+    assert message.provider == http
+    assert breaker.states()[http] == "closed"
+
+
 def test_every_process_sees_the_same_breaker(alice, fake, smtp_sink, chain):
     http, _ = chain
     assert breaker.states()[http] == "closed"
     fake.set_mode(ERROR)
     deliver_each(alice.customer, 3)
-    breaker._breakers.clear()  # what a fresh worker process has: nothing but Redis
+    breaker._handles.clear()  # what a fresh worker process has: nothing but Redis
     deliver_each(alice.customer, 2)
     assert fake.requests == 3
     assert breaker.states()[http] == "open"
@@ -144,16 +170,16 @@ def test_with_every_breaker_open_the_message_retries_without_calling_anyone(
 @pytest.fixture
 def redis_down(settings) -> Iterator[None]:
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    saved = breaker._redis, dict(breaker._breakers)
+    saved = breaker._redis, dict(breaker._handles)
     breaker._redis = None
-    breaker._breakers.clear()
+    breaker._handles.clear()
     yield
     breaker._redis = saved[0]
-    breaker._breakers.clear()
-    breaker._breakers.update(saved[1])
+    breaker._handles.clear()
+    breaker._handles.update(saved[1])
 
 
-def test_without_redis_breakers_fail_open_and_redis_is_left_alone_for_a_while(
+def test_without_redis_handles_fail_open_and_redis_is_left_alone_for_a_while(
     alice, fake, smtp_sink, chain, redis_down, caplog
 ):
     http, smtp = chain
