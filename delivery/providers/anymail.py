@@ -77,12 +77,20 @@ _UNAVAILABLE_STATUSES = {401, 403, 404}
 # Amazon SES error codes that mean the same whatever their HTTP status.
 _SES_THROTTLED = {"Throttling", "ThrottlingException", "TooManyRequestsException"}
 _SES_UNAVAILABLE = {"SendingPausedException", "AccountSuspendedException"}
+# Postmark answers 422 for most things, with an ErrorCode; these are about the account (bad
+# token, out of credits, pending approval). A bad sender signature stays permanent: it is the
+# From address of that message, and must not trip the breaker for everyone.
+_POSTMARK_ACCOUNT_CODES = {10, 405, 412}
 
 
-def _http_status(exc: AnymailError) -> tuple[int | None, str]:
-    """The HTTP status of the provider's answer and, for SES, its error code."""
+def _http_status(exc: AnymailError) -> tuple[int | None, str | int]:
+    """The HTTP status of the provider's answer and its error code (SES, Postmark)."""
     if exc.status_code is not None:
-        return exc.status_code, ""
+        try:
+            code = exc.response.json().get("ErrorCode", "")
+        except (ValueError, AttributeError):
+            code = ""
+        return exc.status_code, code
     response = exc.response  # botocore's ClientError leaves its parsed answer here
     if isinstance(response, dict):
         meta = response.get("ResponseMetadata", {})
@@ -117,6 +125,8 @@ def classify(exc: AnymailError) -> ProviderError:
         return ProviderTimeout(message)
     if status is None or status in _UNAVAILABLE_STATUSES or code in _SES_UNAVAILABLE:
         # No answer (connection refused or lost), or one about our account, not this message.
+        return ProviderUnavailable(message)
+    if exc.esp_name == "Postmark" and code in _POSTMARK_ACCOUNT_CODES:
         return ProviderUnavailable(message)
     if 400 <= status < 500:
         return PermanentError(message)

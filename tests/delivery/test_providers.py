@@ -173,6 +173,20 @@ def test_an_http_answer_about_our_account_is_temporary_not_the_messages_fault(st
         provider.close()
 
 
+@pytest.mark.parametrize(
+    "error_code, expected", [(405, ProviderUnavailable), (300, PermanentError)]
+)
+def test_postmark_account_errors_are_temporary_and_message_errors_permanent(error_code, expected):
+    """422 "out of credits" is about the account; 422 "invalid From" about the message."""
+    with FakeEsp("postmark") as fake:
+        provider = from_url(fake.provider_url(timeout=TIMEOUT))
+        answer = (422, {"ErrorCode": error_code, "Message": "Invalid 'From' address"}, {})
+        fake.handle = lambda body, content_type: answer
+        with pytest.raises(expected):
+            provider.send(email(1))
+        provider.close()
+
+
 def test_provider_urls_name_the_service_not_the_key():
     assert from_url("postmark://SECRET-TOKEN").name == "postmark://api.postmarkapp.com"
     assert from_url("sendgrid://SG.abc.def").name == "sendgrid://api.sendgrid.com"
