@@ -20,14 +20,15 @@ outage costs one Redis timeout per process per interval, not several per message
 After a cool-down one send across all workers probes the provider (a Redis SET NX decides
 which); the others keep skipping it until the probe's verdict.
 
-Cost: a send through a closed breaker makes three Redis round trips (the state, read here and
-again by pybreaker; the failure count reset). pybreaker holds a per-breaker lock during the
+Cost: a send through a closed breaker makes two Redis round trips (read the state, reset the
+failure count). pybreaker holds a per-breaker lock during the
 call; a Celery prefork process sends one message at a time, so it never waits on it.
 """
 
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ from typing import Any
 import pybreaker
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from delivery.providers import build_chain
 from delivery.providers.base import Email, Provider, SendResult, TemporaryError
@@ -56,29 +59,32 @@ class CircuitOpen(Exception):
 
 
 class _FailFast:
-    """The Redis client, failing at once (RedisError) for a while after an error."""
+    """A Redis client that connects on first use and, after an error, fails at once
+    (RedisError) for MAILQ_BREAKER_REDIS_RETRY_SECONDS."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+    def __init__(self, connect: Callable[[], redis.Redis]) -> None:
+        self._connect = connect
+        self._client: redis.Redis | None = None
         self.down_until = 0.0
 
     def paused(self) -> bool:
         return time.monotonic() < self.down_until
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._client, name)
-
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.paused():
                 raise RedisError("paused after an error")
             try:
-                return method(*args, **kwargs)
+                if self._client is None:
+                    self._client = self._connect()
+                return getattr(self._client, name)(*args, **kwargs)
             except RedisError as exc:
                 pause = settings.MAILQ_BREAKER_REDIS_RETRY_SECONDS
                 self.down_until = time.monotonic() + pause
                 log.warning("Redis unavailable (%s): breakers fail open for %.0f s", exc, pause)
                 raise
 
+        setattr(self, name, call)  # found directly next time, not through __getattr__
         return call
 
 
@@ -94,30 +100,64 @@ class _Storage(pybreaker.CircuitRedisStorage):
             super()._initialize_redis_state(state)
 
 
-_redis: _FailFast | None = None
+class _Breaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker, with one probe at a time across all workers.
 
-@dataclass(frozen=True)
-class _Handle:
-    breaker: pybreaker.CircuitBreaker
-    storage: _Storage
-    probe_key: str
+    pybreaker lets every call through while half-open, so after each cool-down every worker
+    would pay a still-failing provider's timeout at once. Here the probe is whoever sets the
+    probe key first; the others keep skipping the provider until its verdict. The key expires
+    after one cool-down, so a prober that died does not keep the provider skipped for ever.
+    """
+
+    def __init__(self, probe_key: str, client: "_FailFast", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._probe_key = probe_key
+        self._client = client
+        self._probing = False
+
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            state = self.state  # the one Redis read of a send through a closed breaker
+            if state.name == CLOSED or self._probing:
+                return state.call(func, *args, **kwargs)
+            if not self._claim_probe(state.name):
+                raise pybreaker.CircuitBreakerError(f"{self.name}: open")
+            self._probing = True  # pybreaker calls back into call() as it half-opens
+            try:
+                return state.call(func, *args, **kwargs)
+            finally:
+                self._probing = False
+                with contextlib.suppress(RedisError):
+                    self._client.delete(self._probe_key)  # the verdict is in
+
+    def _claim_probe(self, state: str) -> bool:
+        opened_at = self._state_storage.opened_at if state == OPEN else None
+        if opened_at and (datetime.now(UTC) - opened_at).total_seconds() < self.reset_timeout:
+            return False  # cooling down
+        px = int(self.reset_timeout * 1000)
+        return bool(self._client.set(self._probe_key, b"1", nx=True, px=px))
 
 
-_handles: dict[tuple[str, int, float], _Handle] = {}
+_redis: tuple[int, _FailFast] | None = None
+_breakers: dict[tuple[str, int, float], _Breaker] = {}
 
 
 def _client() -> _FailFast:
+    """This process's Redis client: one connection, no pool to check out of on every command
+    (that costs half a round trip), made again after a fork (never share a socket)."""
     global _redis
-    if _redis is None:
-        # redis-py's pool notices a fork and reconnects, so one client serves every process.
-        _redis = _FailFast(
-            redis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.MAILQ_REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=settings.MAILQ_REDIS_TIMEOUT_SECONDS,
-            )
+    if _redis is None or _redis[0] != os.getpid():
+        connect = functools.partial(
+            redis.Redis.from_url,
+            settings.REDIS_URL,
+            socket_timeout=settings.MAILQ_REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.MAILQ_REDIS_TIMEOUT_SECONDS,
+            single_connection_client=True,
+            retry=Retry(NoBackoff(), 0),  # no retries: an error means fail open, at once
         )
-    return _redis
+        _redis = (os.getpid(), _FailFast(connect))
+        _breakers.clear()  # they hold the old client
+    return _redis[1]
 
 
 def _namespace(name: str) -> str:
@@ -129,63 +169,38 @@ def _only_temporary(exc: BaseException) -> bool:
     return not isinstance(exc, TemporaryError)
 
 
-def _handle(name: str) -> _Handle:
+def _breaker(name: str) -> _Breaker:
     """This process's handle on the provider's shared breaker."""
+    client = _client()
     key = (name, settings.MAILQ_BREAKER_FAIL_MAX, settings.MAILQ_BREAKER_RESET_SECONDS)
-    found = _handles.get(key)
+    found = _breakers.get(key)
     if found is None:
-        storage = _Storage(CLOSED, _client(), namespace=_namespace(name))
-        breaker = pybreaker.CircuitBreaker(
+        found = _breakers[key] = _Breaker(
+            probe_key=f"{_namespace(name)}:probe",
+            client=client,
             fail_max=key[1],
             reset_timeout=key[2],
             exclude=[_only_temporary],
-            state_storage=storage,
+            state_storage=_Storage(CLOSED, client, namespace=_namespace(name)),
             name=name,
             # The failure that trips the breaker propagates as itself: it is a real attempt.
             throw_new_error_on_trip=False,
         )
-        found = _handles[key] = _Handle(breaker, storage, f"{_namespace(name)}:probe")
     return found
-
-
-def _may_send(handle: _Handle) -> bool | None:
-    """None: closed, send. True: this send is the probe. False: skip the provider.
-
-    pybreaker lets every call through while half-open, so after each cool-down every worker
-    would pay a still-failing provider's timeout at once. One probe at a time across all
-    workers instead: whoever sets the probe key first. The key expires after one cool-down,
-    so a prober that died does not keep the provider skipped for ever.
-    """
-    state = handle.breaker.current_state
-    if state == CLOSED:
-        return None
-    reset = handle.breaker.reset_timeout
-    opened_at = handle.storage.opened_at
-    if state == OPEN and opened_at and (datetime.now(UTC) - opened_at).total_seconds() < reset:
-        return False  # cooling down
-    return bool(_client().set(handle.probe_key, b"1", nx=True, px=int(reset * 1000)))
 
 
 def send(provider: Provider, email: Email) -> SendResult:
     """`provider.send(email)` through its breaker; CircuitOpen if the breaker is open."""
-    client = _client()
-    if client.paused():
+    if _client().paused():
         return provider.send(email)  # fail open: no Redis, no breaker
     try:
-        handle = _handle(provider.name)
-        probe = _may_send(handle)
-    except RedisError:
-        return provider.send(email)  # _FailFast logged it and pauses Redis for a while
-    if probe is False:
-        raise CircuitOpen(provider.name)
-    try:
-        return handle.breaker.call(provider.send, email)
+        return _breaker(provider.name).call(provider.send, email)
     except pybreaker.CircuitBreakerError as exc:
         raise CircuitOpen(provider.name) from exc
-    finally:
-        if probe:
-            with contextlib.suppress(RedisError):
-                client.delete(handle.probe_key)  # the verdict is in: the next cool-down's turn
+    except RedisError:
+        # Only the probe claim lets one out (pybreaker absorbs its own), and only before the
+        # provider is called: _FailFast logged it and pauses Redis; fail open.
+        return provider.send(email)
 
 
 @dataclass(frozen=True)

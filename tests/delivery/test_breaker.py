@@ -57,10 +57,8 @@ def test_it_opens_after_consecutive_temporary_failures_and_fails_over_at_once(
 def test_timeouts_trip_it_too(alice, fake, smtp_sink, chain):
     http, _ = chain
     fake.set_mode(SLOW)
-    t0 = time.monotonic()
     deliver_each(alice.customer, 5)
-    assert fake.requests == 3 and len(smtp_sink.received) == 5
-    assert time.monotonic() - t0 < 3 * 0.3 + 2  # two messages paid no timeout
+    assert fake.requests == 3 and len(smtp_sink.received) == 5  # two paid no timeout
     assert breaker.states()[http] == "open"
 
 
@@ -111,9 +109,7 @@ def test_a_failed_probe_opens_it_again(alice, fake, smtp_sink, chain):
     assert fake.requests == 4
 
 
-def test_after_the_cool_down_only_one_send_across_all_workers_probes(
-    alice, fake, smtp_sink, chain
-):
+def test_after_the_cool_down_only_one_send_across_all_workers_probes(alice, fake, smtp_sink, chain):
     http, _ = chain
     fake.set_mode(SLOW)
     deliver_each(alice.customer, 3)
@@ -142,7 +138,7 @@ def test_every_process_sees_the_same_breaker(alice, fake, smtp_sink, chain):
     assert breaker.states()[http] == "closed"
     fake.set_mode(ERROR)
     deliver_each(alice.customer, 3)
-    breaker._handles.clear()  # what a fresh worker process has: nothing but Redis
+    breaker._breakers.clear()  # what a fresh worker process has: nothing but Redis
     deliver_each(alice.customer, 2)
     assert fake.requests == 3
     assert breaker.states()[http] == "open"
@@ -170,16 +166,12 @@ def test_with_every_breaker_open_the_message_retries_without_calling_anyone(
 @pytest.fixture
 def redis_down(settings) -> Iterator[None]:
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    saved = breaker._redis, dict(breaker._handles)
-    breaker._redis = None
-    breaker._handles.clear()
+    breaker._redis = None  # a client for the dead Redis (and fresh breakers) on first use
     yield
-    breaker._redis = saved[0]
-    breaker._handles.clear()
-    breaker._handles.update(saved[1])
+    breaker._redis = None
 
 
-def test_without_redis_handles_fail_open_and_redis_is_left_alone_for_a_while(
+def test_without_redis_breakers_fail_open_and_redis_is_left_alone_for_a_while(
     alice, fake, smtp_sink, chain, redis_down, caplog
 ):
     http, smtp = chain
