@@ -21,8 +21,8 @@ After a cool-down one send across all workers probes the provider (a Redis SET N
 which); the others keep skipping it until the probe's verdict.
 
 Cost: a send through a closed breaker makes two Redis round trips (read the state, reset the
-failure count). pybreaker holds a per-breaker lock during the
-call; a Celery prefork process sends one message at a time, so it never waits on it.
+failure count). pybreaker holds a per-breaker lock during the call; a Celery prefork process
+sends one message at a time, so it never waits on it.
 """
 
 import contextlib
