@@ -3,7 +3,7 @@ from django.db.models import Count, OuterRef, Subquery
 
 from customers.admin import CustomerAdmin
 from customers.models import Customer
-from delivery import routing
+from delivery import breaker, routing
 from delivery.models import DeliveryAttempt, Message, Status
 
 
@@ -31,6 +31,11 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def changelist_view(self, request, extra_context=None):
+        # Read-only: the breakers open and close by themselves (delivery/breaker.py).
+        extra_context = {**(extra_context or {}), "breakers": breaker.snapshot()}
+        return super().changelist_view(request, extra_context)
 
 
 # --- fair-share controls on the customer admin ------------------------------------------------

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from delivery import breaker
 from delivery.models import DeliveryAttempt, Message, Status
 from delivery.providers import build_chain
 from delivery.providers.base import (
@@ -164,7 +165,11 @@ def _deliver_one(message: Message, down: set[str]) -> Outcome:
         started = timezone.now()
         t0 = time.perf_counter()
         try:
-            result = provider.send(email)
+            result = breaker.send(provider, email)
+        except breaker.CircuitOpen as exc:
+            # Skipped, not tried: no attempt row, and the next provider at once.
+            last_error = last_error or exc.message
+            continue
         except ProviderError as exc:
             attempts.append(_attempt(message, provider.name, started, t0, exc))
             last_error = f"{provider.name}: {exc.message}"

@@ -184,6 +184,14 @@ MAILQ_MAX_ATTEMPTS = env_int("MAILQ_MAX_ATTEMPTS", 8)
 MAILQ_RETRY_BASE_SECONDS = env_float("MAILQ_RETRY_BASE_SECONDS", 2.0)
 MAILQ_RETRY_MAX_SECONDS = env_float("MAILQ_RETRY_MAX_SECONDS", 600.0)
 MAILQ_SMTP_TIMEOUT_SECONDS = env_float("MAILQ_SMTP_TIMEOUT_SECONDS", 10.0)
+# HTTP providers (delivery/providers/anymail.py); a provider URL's ?timeout= wins.
+MAILQ_HTTP_TIMEOUT_SECONDS = env_float("MAILQ_HTTP_TIMEOUT_SECONDS", 10.0)
+# Circuit breaker per provider (delivery/breaker.py): opens after this many temporary failures
+# in a row (across all workers), probes again after the reset time.
+MAILQ_BREAKER_FAIL_MAX = env_int("MAILQ_BREAKER_FAIL_MAX", 5)
+MAILQ_BREAKER_RESET_SECONDS = env_float("MAILQ_BREAKER_RESET_SECONDS", 30.0)
+# After a Redis error a process treats every breaker as closed, without asking Redis, this long.
+MAILQ_BREAKER_REDIS_RETRY_SECONDS = env_float("MAILQ_BREAKER_REDIS_RETRY_SECONDS", 5.0)
 # A queued message never confirmed as published is re-published after this long.
 MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = env_float("MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS", 10.0)
 # A message left in `sending` this long belongs to a worker that died; it is sent again.

@@ -4,11 +4,16 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from delivery.providers.anymail import ESPS, AnymailProvider
 from delivery.providers.base import Provider
 from delivery.providers.console import ConsoleProvider
 from delivery.providers.smtp import SmtpProvider
 
-PROVIDER_CLASSES: dict[str, type] = {cls.scheme: cls for cls in (SmtpProvider, ConsoleProvider)}
+PROVIDER_CLASSES: dict[str, type] = {
+    SmtpProvider.scheme: SmtpProvider,
+    ConsoleProvider.scheme: ConsoleProvider,
+    **dict.fromkeys(ESPS, AnymailProvider),  # one class for every HTTP service
+}
 
 
 def from_url(url: str) -> Provider:

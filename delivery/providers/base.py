@@ -14,7 +14,7 @@ Errors say whether to retry::
 """
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from delivery.providers import mime
 
@@ -84,8 +84,8 @@ class PermanentError(ProviderError):
 class Provider(Protocol):
     """What every provider implements."""
 
-    scheme: ClassVar[str]
-    name: str  # shown on attempts and messages, without secrets
+    scheme: str  # the URL scheme it is built from
+    name: str  # shown on attempts and messages and keys its circuit breaker; never a secret
 
     @classmethod
     def from_url(cls, url: str) -> "Provider": ...

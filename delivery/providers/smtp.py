@@ -39,6 +39,11 @@ def classify(code: int, detail: str) -> ProviderError:
     return TemporaryError(message)
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """smtplib reports a read that timed out as SMTPServerDisconnected; the cause tells."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+
+
 def _decode(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
@@ -86,9 +91,9 @@ class SmtpProvider:
                 conn.login(self.username, self.password)
         except smtplib.SMTPResponseException as exc:
             raise classify(exc.smtp_code, _decode(exc.smtp_error)) from exc
-        except TimeoutError as exc:
-            raise ProviderTimeout(f"{self.name}: connect timed out") from exc
         except (OSError, smtplib.SMTPException) as exc:
+            if _timed_out(exc):
+                raise ProviderTimeout(f"{self.name}: connect timed out") from exc
             raise ProviderUnavailable(f"{self.name}: cannot connect: {exc}") from exc
         return conn
 
@@ -102,7 +107,9 @@ class SmtpProvider:
         try:
             try:
                 self._send_once(email)
-            except (smtplib.SMTPServerDisconnected, ConnectionError):
+            except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                if _timed_out(exc):
+                    raise TimeoutError from exc  # a slow server, not a closed connection
                 # The server closed our idle connection: reopen once and try again.
                 self.close()
                 self._send_once(email)
