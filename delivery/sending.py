@@ -1,8 +1,9 @@
 """Worker side: claim -> render -> provider chain -> record.
 
 Three short database round trips per task, however many messages it carries: one claim
-(the send ledger), one bulk insert of attempts, one bulk update of outcomes. No transaction
-is held open while a provider is called.
+(the send ledger), one bulk insert of attempts, one bulk update of outcomes (which also adds
+the finished ones to the per-minute statistics, delivery/stats.py). No transaction is held
+open while a provider is called.
 """
 
 import logging
@@ -16,6 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg2.extras import execute_values
 
+from delivery import stats
 from delivery.models import DeliveryAttempt, Message, Status
 from delivery.providers import build_chain
 from delivery.providers.base import (
@@ -191,7 +193,8 @@ def _attempt(
     )
 
 
-_RECORD_SQL = """
+# The outcomes, and (stats.with_rollup) the finished ones added to the rollups, in one statement.
+_RECORD_SQL = f"""
     UPDATE delivery_message AS m
        SET status = v.status,
            sent_at = v.sent_at,
@@ -202,7 +205,7 @@ _RECORD_SQL = """
       FROM (VALUES %s)
         AS v(id, claimed_at, status, sent_at, finished_at, release_at, provider, last_error)
      WHERE m.id = v.id AND m.status = 'sending' AND m.sending_at = v.claimed_at
-"""
+ RETURNING {stats.RETURNING}"""
 _RECORD_TEMPLATE = (
     "(%s::uuid, %s::timestamptz, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
 )
@@ -252,4 +255,6 @@ def _record(outcomes: list[Outcome]) -> None:
     with transaction.atomic(), connection.cursor() as cursor:  # one commit for both
         if attempts:
             execute_values(cursor.cursor, _ATTEMPTS_SQL, attempts)
-        execute_values(cursor.cursor, _RECORD_SQL, rows, template=_RECORD_TEMPLATE)
+        execute_values(
+            cursor.cursor, stats.with_rollup(_RECORD_SQL), rows, template=_RECORD_TEMPLATE
+        )
