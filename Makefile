@@ -31,7 +31,8 @@ run: setup
 	@echo "API http://127.0.0.1:8000/v1/docs  Flower http://127.0.0.1:5555 (admin:mailq)  Admin http://127.0.0.1:8000/admin/"
 	exec $(VENV)/bin/honcho start -f Procfile
 
-test: $(VENV)/.installed services
+test: $(VENV)/.installed
+	@bash scripts/services.sh --with-browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

@@ -9,10 +9,10 @@ counts exactly the transitions that committed: a message whose lease was reclaim
 task delivered twice, changes no row and adds nothing, and nothing is counted that rolled
 back. There is no watermark to keep, and no message finishing out of order can be missed.
 
-Contention. Each process writes its own shard (pid modulo ROLLUP_SHARDS), so the workers of
-one busy customer do not queue on one row lock; a group's rows are upserted in key order, so
-two writers that do share a shard cannot deadlock. The lock is held only until the commit
-that immediately follows.
+Contention. Each thread writes its own shard (OS thread id modulo ROLLUP_SHARDS), so the
+workers of one busy customer do not queue on one row lock; a group's rows are upserted in key
+order, so two writers that do share a shard cannot deadlock. The lock is held only until the
+commit that immediately follows (the same statement's, in autocommit).
 
 Reading. Figures for a window are a sum over at most (minutes x templates x shards) rollup
 rows, never a scan of messages. Percentiles come from the histogram: the bucket holding the
@@ -21,7 +21,7 @@ percentile is exact to within its bucket. Unfinished messages are counted live f
 (customer, status) index, each count stopping at MAILQ_STATS_LIVE_LIMIT rows.
 """
 
-import os
+import threading
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,19 +97,22 @@ _ADD = (
 )
 
 
-def with_rollup(update_sql: str) -> str:
-    """One statement: `update_sql` (an UPDATE of delivery_message aliased `m`, ending in
-    `RETURNING {RETURNING}`), then the upsert of what it finished into this process's shard.
+def with_rollup(update_sql: str, *ctes: str) -> str:
+    """One statement: the `ctes` given (`name AS (...)`, run first), `update_sql` (an UPDATE of
+    delivery_message aliased `m`, ending in `RETURNING {RETURNING}`), then the upsert of the
+    messages it finished into this process's shard.
 
-    Its row count is the number of rollup rows written (0: the update changed nothing final).
+    Its row count is the number of rollup rows written (0: the update finished nothing).
     """
-    # The pid is read on every call: a worker process is forked after imports.
-    return _with_rollup(update_sql, os.getpid() % ROLLUP_SHARDS)
+    # The OS thread id (the pid, in a single-threaded process) picks the shard: read on every
+    # call, since worker processes fork, and the express pool runs threads.
+    head = "".join(f"{cte}, " for cte in ctes)
+    return f"WITH {head}done AS ({update_sql}) {_upsert(threading.get_native_id() % ROLLUP_SHARDS)}"
 
 
 @cache
-def _with_rollup(update_sql: str, shard: int) -> str:
-    return f"WITH done AS ({update_sql}) {_INSERT} {_aggregate('done', shard)} {_ADD}"
+def _upsert(shard: int) -> str:
+    return f"{_INSERT} {_aggregate('done', shard)} {_ADD}"
 
 
 _REBUILD_DELETE = "DELETE FROM delivery_minuterollup WHERE minute >= %(since)s"

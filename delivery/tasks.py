@@ -1,7 +1,7 @@
 """Celery tasks: thin, take ids, safe to run twice (the claim in sending.py is the ledger)."""
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from delivery import routing, sending, sweeper
 
@@ -32,6 +32,7 @@ def sweep() -> dict[str, int]:
     return sweeper.sweep()
 
 
-@worker_process_shutdown.connect
+@worker_process_shutdown.connect  # a prefork pool process
+@worker_shutdown.connect  # the worker itself (the express pool's threads live in it)
 def _close_provider_connections(**kwargs) -> None:
     sending.close_providers()
