@@ -13,7 +13,7 @@ from datetime import datetime
 from delivery.stats import COUNTED, PERCENTILES, Figures
 
 WIDTH, HEIGHT = 480, 240
-LEFT, RIGHT, TOP, BOTTOM = 52, 8, 10, 26  # margins around the plot, for the axis labels
+LEFT, RIGHT, TOP, BOTTOM = 72, 20, 10, 28  # margins around the plot, for the axis labels
 X_LABEL_EVERY = 6  # hours between labels on the time axis
 
 

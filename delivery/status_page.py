@@ -47,9 +47,9 @@ def _customer_for(token: str) -> Customer | None:
 
 
 def _private(response: HttpResponse) -> HttpResponse:
-    """One customer's figures: never cached, never sent on as a Referer, never framed."""
+    """One customer's figures: never cached, never a Referer to another site, never framed."""
     response["Cache-Control"] = "private, no-store"
-    response["Referrer-Policy"] = "no-referrer"
+    response["Referrer-Policy"] = "same-origin"  # "no-referrer" would send Origin: null (CSRF)
     response["Content-Security-Policy"] = _CSP
     response["X-Robots-Tag"] = "noindex"
     return response
@@ -93,10 +93,10 @@ def page(request: HttpRequest, token: str) -> HttpResponse:
         "customer": customer,
         "now": now,
         "windows": [
-            {"name": name, "counts": f.counts, "latency": _labels(f.latency())}
+            {"name": name, "counts": _thousands(f.counts), "latency": _labels(f.latency())}
             for name, f in windows
         ],
-        "unfinished": unfinished,
+        "unfinished": _thousands(unfinished),
         "unfinished_exact": exact,
         "charts": [charts.latency_chart(hourly), charts.volume_chart(hourly)],
     }
@@ -109,3 +109,7 @@ def _labels(latency: dict) -> dict[str, str]:
         for name, value in latency.items()
         if name != "samples"
     }
+
+
+def _thousands(counts: dict[str, int]) -> dict[str, str]:
+    return {name: f"{count:,}" for name, count in counts.items()}
