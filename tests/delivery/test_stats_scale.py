@@ -110,4 +110,3 @@ def test_stats_answer_in_under_100_ms_from_rollups_with_a_million_messages(alice
     assert body["unfinished_exact"] is True
     # Bob, in the same table, still sees nothing of alice's.
     assert bob.client.get("/v1/stats").json()["last_day"]["counts"]["sent"] == 0
-
