@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from functools import cache
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from delivery.models import LATENCY_BOUNDS, Status
 from templates.models import EmailTemplate, TemplateVersion
@@ -100,7 +100,7 @@ _ADD = (
 def with_rollup(update_sql: str, *ctes: str) -> str:
     """One statement: the `ctes` given (`name AS (...)`, run first), `update_sql` (an UPDATE of
     delivery_message aliased `m`, ending in `RETURNING {RETURNING}`), then the upsert of the
-    messages it finished into this process's shard.
+    messages it finished into this thread's shard.
 
     Its row count is the number of rollup rows written (0: the update finished nothing).
     """
@@ -127,7 +127,7 @@ def rebuild(since: datetime) -> int:
     minute it is rewriting. Returns the rollup rows written.
     """
     since = since.replace(second=0, microsecond=0)
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_REBUILD_DELETE, {"since": since})
         cursor.execute(f"{_INSERT} {_aggregate(_REBUILD_SOURCE, 0)}", {"since": since})
         return cursor.rowcount
@@ -228,11 +228,6 @@ def _figures(customer_id: int, templates: list[int] | None, since: datetime, key
         named = {s.value: int(n) for s, n in zip(COUNTED, counts[: len(COUNTED)], strict=True)}
         out[key_value] = Figures(named, [int(n) for n in buckets], float(latency_sum))
     return out
-
-
-def figures_sql(key: str = "true") -> str:
-    """The query behind the figures (for EXPLAIN in tests)."""
-    return _FIGURES_SQL.format(key=key)
 
 
 def floor_minute(at: datetime) -> datetime:

@@ -260,3 +260,16 @@ def test_unfinished_counts_stop_at_the_live_limit_and_say_so(alice, settings):
     body = alice.client.get("/v1/stats").json()
     assert body["unfinished"]["queued"] == 3
     assert body["unfinished_exact"] is False
+
+
+def test_the_rebuild_command_backfills_rollups_from_messages(alice, providers):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    _deliver_with_latencies(alice.customer, [15.0, 40.0])
+    MinuteRollup.objects.all().delete()
+    out = StringIO()
+    call_command("rebuild_stats", "--hours", "2", stdout=out)
+    assert "rollup rows written for the last 2 h" in out.getvalue()
+    assert _totals(alice.customer)["sent"] == 2
