@@ -133,6 +133,21 @@ def rebuild(since: datetime) -> int:
         return cursor.rowcount
 
 
+# Oldest first, a bounded batch per sweep (the sweeper runs every few seconds).
+_PRUNE_SQL = """
+    DELETE FROM delivery_minuterollup
+     WHERE id IN (SELECT id FROM delivery_minuterollup WHERE minute < %(cutoff)s
+                   ORDER BY minute LIMIT %(limit)s)"""
+
+
+def prune(now: datetime) -> int:
+    """Delete up to MAILQ_SWEEP_BATCH rollup rows older than MAILQ_STATS_RETENTION_DAYS."""
+    cutoff = now - timedelta(days=settings.MAILQ_STATS_RETENTION_DAYS)
+    with connection.cursor() as cursor:
+        cursor.execute(_PRUNE_SQL, {"cutoff": cutoff, "limit": settings.MAILQ_SWEEP_BATCH})
+        return cursor.rowcount
+
+
 # --- reading --------------------------------------------------------------------------------
 
 

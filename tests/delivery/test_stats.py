@@ -273,3 +273,23 @@ def test_the_rebuild_command_backfills_rollups_from_messages(alice, providers):
     call_command("rebuild_stats", "--hours", "2", stdout=out)
     assert "rollup rows written for the last 2 h" in out.getvalue()
     assert _totals(alice.customer)["sent"] == 2
+
+
+def test_the_sweeper_prunes_rollups_past_the_retention_in_bounded_batches(alice, settings):
+    from delivery import sweeper
+
+    settings.MAILQ_SWEEP_BATCH = 2
+    now = timezone.now().replace(second=0, microsecond=0)
+    welcome = alice.customer.templates.get(slug="welcome")
+    for days in (0, 7, 9, 10, 11):
+        MinuteRollup.objects.create(
+            customer=alice.customer,
+            template=welcome,
+            minute=now - timedelta(days=days),
+            buckets=[0] * stats.BUCKETS,
+        )
+    assert sweeper.sweep()["pruned"] == 2  # the two oldest first
+    assert stats.prune(timezone.now()) == 1
+    assert stats.prune(timezone.now()) == 0
+    kept = sorted((now - m).days for m in MinuteRollup.objects.values_list("minute", flat=True))
+    assert kept == [0, 7]
