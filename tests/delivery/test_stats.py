@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from delivery import sending, stats
 from delivery.models import LATENCY_BOUNDS, Message, MinuteRollup, Status
+from tests.conftest import wait_until
 from tests.factories import accepted, template
 
 
@@ -293,3 +294,23 @@ def test_the_sweeper_prunes_rollups_past_the_retention_in_bounded_batches(alice,
     assert stats.prune(timezone.now()) == 0
     kept = sorted((now - m).days for m in MinuteRollup.objects.values_list("minute", flat=True))
     assert kept == [0, 7]
+
+
+@pytest.mark.e2e
+def test_real_workers_fill_the_stats_of_a_batch_sent_over_the_api(alice, worker, smtp_sink):
+    items = [
+        {"template": "welcome", "to": f"u{i}@example.com", "data": {"name": "N"}}
+        for i in range(120)
+    ]
+    response = alice.client.post("/v1/messages/batch", {"messages": items}, format="json")
+    assert response.json()["accepted"] == 120
+    smtp_sink.wait_for(120)
+
+    def sent() -> int:
+        return alice.client.get("/v1/stats").json()["last_hour"]["counts"]["sent"]
+
+    assert wait_until(lambda: sent() == 120)
+    body = alice.client.get("/v1/stats").json()
+    assert body["last_hour"]["latency"]["samples"] == 120
+    assert 0 < body["last_hour"]["latency"]["p50"] <= body["last_hour"]["latency"]["p99"] < 30
+    assert body["unfinished"] == {"deferred": 0, "queued": 0, "sending": 0, "retrying": 0}
