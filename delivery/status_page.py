@@ -24,6 +24,7 @@ from customers import throttling
 from customers.models import ApiKey, Customer
 from delivery import charts, stats
 from mailq.errors import RateLimited
+from templates.models import EmailTemplate
 
 _SALT = "mailq.status-page"
 # No scripts, nothing from elsewhere: the page is HTML, inline CSS and inline SVG.
@@ -80,18 +81,28 @@ def _form_error(request: HttpRequest, error: str, status: int) -> HttpResponse:
 
 @require_http_methods(["GET"])
 def page(request: HttpRequest, token: str) -> HttpResponse:
-    """The status page of the customer named by a valid, unexpired link."""
+    """The status page of the customer named by a valid, unexpired link (`?template=slug`
+    narrows it to one template, as GET /v1/stats does)."""
     customer = _customer_for(token)
     if customer is None:
         return _form_error(request, "This link is not valid or has expired.", 403)
+    slug = request.GET.get("template", "")[:100] or None
+    where = stats.scope(customer.pk, slug)
+    unknown = slug if where is None else None
+    where = where or stats.Scope(customer.pk)
     now = timezone.now()
-    figures = stats.summary(customer.pk, None, now)
-    hourly = stats.hourly(customer.pk, None, now)
-    unfinished, exact = stats.unfinished(customer.pk, None)
+    figures = stats.summary(customer.pk, where.template_ids, now)
+    hourly = stats.hourly(customer.pk, where.template_ids, now)
+    unfinished, exact = stats.unfinished(customer.pk, where.version_ids)
     windows = [("Last hour", figures.hour), ("Last 24 hours", figures.day)]
     context = {
         "customer": customer,
         "now": now,
+        "template": where.template,
+        "unknown_template": unknown,
+        "templates": EmailTemplate.objects.owned_by(customer)
+        .order_by("slug")
+        .values_list("slug", flat=True),
         "windows": [
             {"name": name, "counts": _thousands(f.counts), "latency": _labels(f.latency())}
             for name, f in windows

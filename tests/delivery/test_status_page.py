@@ -146,3 +146,22 @@ def test_the_volume_chart_stacks_statuses_to_scale():
     assert failed0.y + failed0.height == pytest.approx(sent0.y)  # stacked on top
     assert sent1.height == pytest.approx(2 * (sent0.height + failed0.height), rel=0.02)
     assert chart.y_ticks[-1].label == "80" and chart.y_ticks[0].label == "0"
+
+
+def test_the_page_narrows_to_one_template_and_says_when_it_does_not_know_it(client, alice):
+    invoice = template(alice.customer, slug="invoice")
+    _rollup(alice.customer, 5, sent=40)
+    MinuteRollup.objects.create(
+        customer=alice.customer,
+        template=invoice,
+        minute=timezone.now().replace(second=0, microsecond=0),
+        sent=3,
+        buckets=[3] + [0] * (stats.BUCKETS - 1),
+    )
+    link = status_page.signed_link(alice.customer.pk, 60)
+    html = client.get(link + "?template=invoice").content.decode()
+    assert "delivery status of <code>invoice</code>" in html
+    assert '<option value="invoice" selected>' in html
+    assert "<td>3</td>" in html and "<td>43</td>" not in html
+    html = client.get(link + "?template=nope").content.decode()
+    assert "No template “nope”" in html and "<td>43</td>" in html

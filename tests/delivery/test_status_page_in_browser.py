@@ -76,7 +76,9 @@ def test_the_status_page_draws_its_charts_with_data_on_a_laptop_and_a_phone(
     screenshot(page, "status-page-phone")
 
 
-def test_a_customer_reaches_its_page_by_pasting_its_api_key(live_server, browser_page, alice):
+def test_a_customer_reaches_its_page_by_pasting_its_api_key_then_picks_a_template(
+    live_server, browser_page, alice
+):
     _day_of_traffic(alice.customer)
     page = browser_page
     page.goto(f"{live_server.url}/status/")
@@ -85,4 +87,10 @@ def test_a_customer_reaches_its_page_by_pasting_its_api_key(live_server, browser
     page.wait_for_selector("svg")
     assert page.locator("h1").inner_text() == "alice: delivery status"
     assert alice.key not in page.url
+    assert _drawn(page, "svg rect.sent") == 24
+
+    page.select_option("#template", "welcome")
+    page.click("form.filter button")
+    page.wait_for_url("**template=welcome")
+    assert page.locator("h1").inner_text() == "alice: delivery status of welcome"
     assert _drawn(page, "svg rect.sent") == 24
