@@ -342,6 +342,17 @@ def _locked_out(seconds: float) -> RateLimited:
     )
 
 
+def check_lockout(request: HttpRequest) -> None:
+    """Raise 429 while the request's IP is locked out: for a sign-in outside the API (the
+    status page's key form), which the throttle script does not see."""
+    if not settings.MAILQ_THROTTLING:
+        return
+    ip = client_ip(request)
+    lock_ms = counters.call(lambda link: link.client.pttl(f"{link.prefix}lock:{ip}"))
+    if lock_ms is not None and lock_ms > 0:
+        raise _locked_out(lock_ms / 1000)
+
+
 def auth_failed(request: HttpRequest) -> None:
     """Count a failed authentication from the request's IP; raise 429 while it is locked out.
 

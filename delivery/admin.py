@@ -1,9 +1,10 @@
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
 
 from customers.admin import CustomerAdmin
 from customers.models import Customer
-from delivery import breaker, routing
+from delivery import breaker, routing, status_page
 from delivery.models import DeliveryAttempt, Message, Status
 
 
@@ -61,7 +62,7 @@ admin.site.unregister(Customer)
 class CustomerFlowAdmin(CustomerAdmin):
     list_display = [*CustomerAdmin.list_display, "cap", "in_flight", "deferred", "sending_paused"]
     list_filter = [*CustomerAdmin.list_filter, "sending_paused"]
-    actions = [*CustomerAdmin.actions, "pause_sending", "resume_sending"]
+    actions = [*CustomerAdmin.actions, "pause_sending", "resume_sending", "status_page_link"]
 
     def get_queryset(self, request):
         return (
@@ -96,3 +97,13 @@ class CustomerFlowAdmin(CustomerAdmin):
         queryset.update(sending_paused=False)
         released = routing.refill(ids)
         self.message_user(request, f"Resumed {len(ids)} customer(s); released {released}.")
+
+    @admin.action(description="Status page link for the customer (signed, expires)")
+    def status_page_link(self, request, queryset) -> None:
+        seconds = settings.MAILQ_STATUS_LINK_SECONDS
+        for customer in queryset:
+            link = request.build_absolute_uri(status_page.signed_link(customer.pk, seconds))
+            days = seconds / 86400
+            self.message_user(
+                request, f"Status page of {customer} ({days:g} days): {link}", messages.INFO
+            )

@@ -1,4 +1,4 @@
-"""Accepting messages: validate -> store -> route.
+"""Accepting messages: validate -> store -> route. And cancelling them.
 
 `accept_one` and `accept_many` are the only ways a message enters the system. When they return,
 the rows are committed in PostgreSQL (that is what a 202 promises) and the queued ones have
@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from customers import quotas
 from customers.models import Customer
-from delivery import routing
-from delivery.models import Message
-from mailq.errors import ApiError, RenderFailed, UnknownTemplate
+from delivery import routing, stats
+from delivery.models import CANCELLABLE, Message, Status
+from mailq.errors import ApiError, Conflict, RenderFailed, UnknownTemplate
 from templates.models import EmailTemplate, TemplateVersion
 from templates.rendering import RenderError, render
 
@@ -40,6 +41,10 @@ class SendRequest:
 class IdempotencyMismatch(ApiError):
     status_code = 422
     code = "idempotency_key_reused"
+
+
+class NotCancellable(Conflict):
+    code = "not_cancellable"
 
 
 def request_hash(payload: Any) -> str:
@@ -148,3 +153,28 @@ def accept_many(
     if valid:
         _store(customer, valid)
     return results
+
+
+_CANCEL_SQL = f"""
+    UPDATE delivery_message AS m SET status = %(cancelled)s, finished_at = %(now)s
+     WHERE m.id = %(id)s AND m.status = ANY(%(cancellable)s)
+ RETURNING {stats.RETURNING}"""
+
+
+def cancel(message: Message) -> None:
+    """Cancel a message that no worker has claimed yet, and count it in the statistics (one
+    statement); cancelling a cancelled message is a no-op. NotCancellable otherwise."""
+    params = {
+        "id": message.pk,
+        "cancelled": Status.CANCELLED.value,
+        "now": timezone.now(),
+        "cancellable": [s.value for s in CANCELLABLE],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(stats.with_rollup(_CANCEL_SQL), params)
+    message.refresh_from_db()
+    if message.status != Status.CANCELLED:
+        raise NotCancellable(
+            f"The message is {message.status} and can no longer be cancelled.",
+            {"status": [message.status]},
+        )

@@ -6,11 +6,12 @@ The claim (`MessageQuerySet.claim`) is the send ledger: a conditional UPDATE fro
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
 from customers.models import Customer
-from templates.models import TemplateVersion
+from templates.models import EmailTemplate, TemplateVersion
 
 
 class Status(models.TextChoices):
@@ -156,3 +157,48 @@ class DeliveryAttempt(models.Model):
     def __str__(self) -> str:
         outcome = "ok" if self.succeeded else ("permanent" if self.permanent else "temporary")
         return f"{self.message_id} via {self.provider}: {outcome}"
+
+
+# Upper bounds (seconds) of the latency histogram's buckets; the last bucket is open-ended.
+# Fixed forever: rows written with other bounds could not be added up. See delivery/stats.py.
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)  # fmt: skip
+
+
+class MinuteRollup(models.Model):
+    """Finished messages of one customer and template in one minute (by `finished_at`).
+
+    Written in the same statement that records the outcomes (delivery/stats.py), so it counts
+    exactly the messages whose status changed. `shard` spreads concurrent writers of one busy
+    customer over several rows (one per worker process, modulo ROLLUP_SHARDS): a minute's
+    figures are the sum of its shards.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    template = models.ForeignKey(EmailTemplate, on_delete=models.CASCADE, related_name="+")
+    minute = models.DateTimeField()
+    shard = models.PositiveSmallIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    dead = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    # Sent messages only: seconds from accepted (or send_at, if later) to sent.
+    latency_sum = models.FloatField(default=0.0)
+    # Sent messages per latency bucket: buckets[i] counts LATENCY_BOUNDS[i-1] <= s < [i].
+    buckets = ArrayField(models.IntegerField(), size=len(LATENCY_BOUNDS) + 1)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "template", "minute", "shard"], name="rollup_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["customer", "minute"], name="rollup_customer_minute"),
+            # The sweeper's pruning finds the oldest rows without scanning the table.
+            models.Index(fields=["minute"], name="rollup_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.template_id} {self.minute:%Y-%m-%d %H:%M}#{self.shard}"

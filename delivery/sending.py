@@ -2,7 +2,8 @@
 
 A few short database round trips per task, however many messages it carries: one claim (the
 send ledger), then one statement per group of MAILQ_RECORD_EVERY outcomes that records their
-attempts and outcomes together. No transaction is held open while a provider is called.
+attempts and outcomes together, and adds the finished ones to the per-minute statistics
+(delivery/stats.py). No transaction is held open while a provider is called.
 """
 
 import logging
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import breaker
+from delivery import breaker, stats
 from delivery.models import DeliveryAttempt, Message, Status
 from delivery.providers import build_chain
 from delivery.providers.base import (
@@ -212,17 +213,18 @@ def _attempt(
     )
 
 
-# Attempts and outcomes in ONE statement: a data-modifying CTE runs exactly once, in the same
-# implicit transaction as the UPDATE, so one round trip commits both (autocommit) instead of
-# BEGIN, INSERT, UPDATE, COMMIT. The claim guard (status and sending_at) keeps a stale
-# worker from overwriting a newer claim.
+# Attempts, outcomes and statistics in ONE statement (stats.with_rollup): data-modifying CTEs
+# run exactly once, in the same implicit transaction, so one round trip commits all three
+# (autocommit) instead of BEGIN, INSERT, UPDATE, INSERT, COMMIT. The claim guard (status and
+# sending_at) keeps a stale worker from overwriting a newer claim, and what it did not update
+# is not counted.
 _ATTEMPTS_CTE = """
-    WITH attempts AS (
+    attempts AS (
         INSERT INTO delivery_deliveryattempt
                (message_id, provider, started_at, duration_ms, succeeded, error, permanent)
         VALUES {rows})
 """
-_OUTCOMES_SQL = """
+_OUTCOMES_SQL = f"""
     UPDATE delivery_message AS m
        SET status = v.status,
            sent_at = v.sent_at,
@@ -230,10 +232,10 @@ _OUTCOMES_SQL = """
            release_at = v.release_at,
            provider = v.provider,
            last_error = v.last_error
-      FROM (VALUES {rows})
+      FROM (VALUES {{rows}})
         AS v(id, claimed_at, status, sent_at, finished_at, release_at, provider, last_error)
      WHERE m.id = v.id AND m.status = 'sending' AND m.sending_at = v.claimed_at
-"""
+ RETURNING {stats.RETURNING}"""
 _ATTEMPT_ROW = "(%s::uuid, %s, %s::timestamptz, %s, %s, %s, %s)"
 _OUTCOME_ROW = (
     "(%s::uuid, %s::timestamptz, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
@@ -276,8 +278,11 @@ def _record(outcomes: list[Outcome]) -> None:
         )
     with connection.cursor() as cursor:
         mogrify = cursor.cursor.mogrify
-        sql = _OUTCOMES_SQL.format(rows=",".join(mogrify(_OUTCOME_ROW, r).decode() for r in rows))
+        update = _OUTCOMES_SQL.format(
+            rows=",".join(mogrify(_OUTCOME_ROW, r).decode() for r in rows)
+        )
+        ctes = []
         if attempts:  # none when every provider was skipped as down earlier in the task
             values = ",".join(mogrify(_ATTEMPT_ROW, a).decode() for a in attempts)
-            sql = _ATTEMPTS_CTE.format(rows=values) + sql
-        cursor.execute(sql)
+            ctes.append(_ATTEMPTS_CTE.format(rows=values))
+        cursor.execute(stats.with_rollup(update, *ctes))

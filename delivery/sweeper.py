@@ -1,4 +1,5 @@
-"""The sweeper: periodic repair so that nothing accepted is lost or stuck.
+"""The sweeper: periodic repair so that nothing accepted is lost or stuck (and housekeeping:
+statistics rollups past their retention are deleted, a bounded batch per sweep).
 
 Each step claims one bounded batch with a conditional UPDATE (SKIP LOCKED, so concurrent
 sweepers split the work instead of doing it twice), publishes it, and returns a count.
@@ -11,7 +12,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import routing
+from delivery import routing, stats
 
 # Queued a while ago, never confirmed by the broker: the publish was lost.
 _UNPUBLISHED_SQL = """
@@ -66,4 +67,5 @@ def sweep() -> dict[str, int]:
         "due": routing.release_due(),
         "reclaimed": reclaim_expired_leases(),
         "reconciled": routing.reconcile(),
+        "pruned": stats.prune(timezone.now()),
     }

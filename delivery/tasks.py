@@ -28,7 +28,8 @@ def deliver_batch(message_ids: list[str]) -> dict[str, int]:
 
 @shared_task(name="delivery.tasks.sweep")
 def sweep() -> dict[str, int]:
-    """Republish lost publishes, release due and straggling messages, reclaim leases."""
+    """Republish lost publishes, release due and straggling messages, reclaim leases, prune
+    old statistics rollups."""
     return sweeper.sweep()
 
 

@@ -202,6 +202,14 @@ MAILQ_SWEEP_BATCH = env_int("MAILQ_SWEEP_BATCH", 500)
 MAILQ_TASK_BATCH_SIZE = env_int("MAILQ_TASK_BATCH_SIZE", 50)
 # Outcomes are written every this many sends: the most a worker crash can make us send twice.
 MAILQ_RECORD_EVERY = env_int("MAILQ_RECORD_EVERY", 10)
+# GET /v1/stats counts unfinished messages live, reading at most this many rows per status.
+MAILQ_STATS_LIVE_LIMIT = env_int("MAILQ_STATS_LIVE_LIMIT", 10_000)
+# The sweeper deletes statistics rollups older than this (the API and status page read 24 h).
+MAILQ_STATS_RETENTION_DAYS = env_int("MAILQ_STATS_RETENTION_DAYS", 8)
+# How long a status page link is valid: made by an operator in the admin, or by the customer
+# pasting its API key.
+MAILQ_STATUS_LINK_SECONDS = env_int("MAILQ_STATUS_LINK_SECONDS", 7 * 24 * 3600)
+MAILQ_STATUS_KEY_LINK_SECONDS = env_int("MAILQ_STATUS_KEY_LINK_SECONDS", 3600)
 MAILQ_BATCH_MAX_ITEMS = 500
 MAILQ_MAX_RECIPIENTS = env_int("MAILQ_MAX_RECIPIENTS", 50)
 MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"

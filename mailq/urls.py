@@ -3,6 +3,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
+from delivery import status_page
+
 handler400 = "mailq.errors.handler400"
 handler404 = "mailq.errors.handler404"
 handler500 = "mailq.errors.handler500"
@@ -15,6 +17,8 @@ def healthz(request):
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("status/", status_page.key_form, name="status-key"),
+    path("status/<str:token>", status_page.page, name="status-page"),
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("v1/", include("delivery.api.urls")),

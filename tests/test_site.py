@@ -16,6 +16,7 @@ def test_the_openapi_schema_is_served_and_names_every_operation(client):
         "cancel_message",
         "create_template",
         "preview_template",
+        "get_stats",
     } <= operations
     assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
 

@@ -160,3 +160,60 @@ class MessageFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Status.choices, required=False)
     since = serializers.DateTimeField(required=False)
     template = serializers.SlugField(required=False)
+
+
+class StatsFilterSerializer(StrictSerializer):
+    template = serializers.SlugField(
+        max_length=100, required=False, help_text="Only this template's messages (its slug)."
+    )
+
+
+class StatusCountsSerializer(serializers.Serializer):
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    dead = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+
+
+class LatencySerializer(serializers.Serializer):
+    """Seconds from acceptance (or `send_at`, when later) to sent, of the sent messages."""
+
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+    p99 = serializers.FloatField(allow_null=True)
+    mean = serializers.FloatField(allow_null=True)
+    samples = serializers.IntegerField(help_text="Sent messages the figures are computed from.")
+
+
+class StatsWindowSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(help_text="Start of the first whole minute counted.")
+    counts = StatusCountsSerializer(help_text="Messages that reached each final status.")
+    latency = LatencySerializer()
+
+
+class UnfinishedCountsSerializer(serializers.Serializer):
+    deferred = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    sending = serializers.IntegerField()
+    retrying = serializers.IntegerField()
+
+
+class StatsSerializer(serializers.Serializer):
+    template = serializers.CharField(allow_null=True)
+    generated_at = serializers.DateTimeField()
+    last_hour = StatsWindowSerializer(help_text="The last 60 minutes, the current one included.")
+    last_day = StatsWindowSerializer(help_text="The last 1,440 minutes, the current one included.")
+    unfinished = UnfinishedCountsSerializer(
+        help_text="Messages not finished now (live). Each count stops at MAILQ_STATS_LIVE_LIMIT."
+    )
+    unfinished_exact = serializers.BooleanField(
+        help_text="False when a count stopped at the limit: it is then a lower bound."
+    )
+    latency_bucket_bounds = serializers.ListField(
+        child=serializers.FloatField(),
+        help_text=(
+            "Upper bounds (s) of the latency histogram. Percentiles are estimated from it: the "
+            "bucket holding the rank, then linear interpolation inside it; past the last bound "
+            "the answer is that bound (a floor)."
+        ),
+    )

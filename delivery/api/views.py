@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from delivery import intake
+from delivery import intake, stats
 from delivery.api.serializers import (
     AcceptedSerializer,
     AttemptSerializer,
@@ -19,9 +19,11 @@ from delivery.api.serializers import (
     MessageFilterSerializer,
     MessageSerializer,
     SendSerializer,
+    StatsFilterSerializer,
+    StatsSerializer,
 )
-from delivery.models import CANCELLABLE, Message, Status
-from mailq.errors import ApiError, Conflict, Unprocessable, error_body, flatten_detail
+from delivery.models import Message
+from mailq.errors import ApiError, UnknownTemplate, Unprocessable, error_body, flatten_detail
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -30,10 +32,6 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     required=False,
     description="Same key and same body: the same message, sent once.",
 )
-
-
-class NotCancellable(Conflict):
-    code = "not_cancellable"
 
 
 def _accepted(message: Message) -> dict:
@@ -156,13 +154,24 @@ class MessageDetailView(APIView):
     @extend_schema(responses={200: MessageSerializer}, operation_id="cancel_message")
     def delete(self, request: Request, message_id) -> Response:
         message = self._get(request, message_id)
-        cancelled = Message.objects.filter(pk=message.pk, status__in=CANCELLABLE).update(
-            status=Status.CANCELLED, finished_at=timezone.now()
-        )
-        message.refresh_from_db()
-        if not cancelled and message.status != Status.CANCELLED:
-            raise NotCancellable(
-                f"The message is {message.status} and can no longer be cancelled.",
-                {"status": [message.status]},
-            )
+        intake.cancel(message)
         return Response(MessageSerializer(message).data)
+
+
+class StatsView(APIView):
+    @extend_schema(
+        parameters=[StatsFilterSerializer],
+        responses={200: StatsSerializer},
+        operation_id="get_stats",
+    )
+    def get(self, request: Request) -> Response:
+        """Your delivery latency (p50/p95/p99) and counts per status, last hour and last day."""
+        filters = StatsFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        slug = filters.validated_data.get("template")
+        where = stats.scope(request.user.pk, slug)
+        if where is None:
+            raise UnknownTemplate(
+                f"No template {slug!r}.", {"template": [f"Unknown template {slug!r}."]}
+            )
+        return Response(StatsSerializer(stats.report(where, timezone.now())).data)
