@@ -20,9 +20,15 @@ outage costs one Redis timeout per process per interval, not several per message
 After a cool-down one send across all workers probes the provider (a Redis SET NX decides
 which); the others keep skipping it until the probe's verdict.
 
-Cost: a send through a closed breaker makes two Redis round trips (read the state, reset the
-failure count). pybreaker holds a per-breaker lock during the call; a Celery prefork process
-sends one message at a time, so it never waits on it.
+Cost: a healthy provider costs no Redis round trip per send. Each process keeps a view of its
+breakers (closed with no failure in a row), read from Redis at most every
+MAILQ_BREAKER_VIEW_SECONDS (1 s); while the view says healthy, a send calls the provider
+directly, outside pybreaker's per-breaker lock (the express pool's threads send in parallel),
+and only a temporary failure goes to Redis, through pybreaker, to be counted. Anything else (a
+failure in a row, open, half-open) drops the view and sends through pybreaker, as before. The
+price of the view: another process's failures reach this one up to 1 s late, so a success here
+may not reset a count that started there within that second, and after the breaker opens each
+process may try the provider once more before it sees it open.
 """
 
 import contextlib
@@ -114,6 +120,34 @@ class _Breaker(pybreaker.CircuitBreaker):
         self._probe_key = probe_key
         self._client = client
         self._probing = False
+        self._view_keys = _state_keys(kwargs["name"])
+        self._view: tuple[float, bool] = (0.0, False)  # (read at, healthy)
+
+    def healthy(self) -> bool:
+        """Closed with no temporary failure in a row, as Redis said at most
+        MAILQ_BREAKER_VIEW_SECONDS ago (one MGET when the view is older)."""
+        read_at, healthy = self._view
+        now = time.monotonic()
+        if now - read_at < settings.MAILQ_BREAKER_VIEW_SECONDS:
+            return healthy
+        state, failures = self._client.mget(self._view_keys)
+        healthy = (state is None or state.decode() == CLOSED) and int(failures or 0) == 0
+        self._view = (now, healthy)
+        return healthy
+
+    def forget(self) -> None:
+        """Drop the view: the next send reads Redis again."""
+        self._view = (0.0, False)
+
+    def count_failure(self, exc: TemporaryError) -> None:
+        """Count a temporary failure of a send made outside the breaker (it may trip it)."""
+        self.forget()
+        with self._lock:
+            state = self.state
+            if state.name != CLOSED:
+                return  # another process already opened it: nothing to count
+            with contextlib.suppress(TemporaryError, pybreaker.CircuitBreakerError):
+                state.call(_raise, exc)
 
     def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -189,18 +223,40 @@ def _breaker(name: str) -> _Breaker:
     return found
 
 
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _state_keys(name: str) -> list[str]:
+    return [f"{_namespace(name)}:pybreaker:{key}" for key in ("state", "fail_counter")]
+
+
 def send(provider: Provider, email: Email) -> SendResult:
     """`provider.send(email)` through its breaker; CircuitOpen if the breaker is open."""
     if _client().paused():
         return provider.send(email)  # fail open: no Redis, no breaker
     try:
-        return _breaker(provider.name).call(provider.send, email)
+        breaker = _breaker(provider.name)
+        healthy = breaker.healthy()
+    except RedisError:
+        return provider.send(email)  # _FailFast logged it and pauses Redis; fail open
+    if healthy:
+        try:
+            return provider.send(email)
+        except TemporaryError as exc:
+            with contextlib.suppress(RedisError):
+                breaker.count_failure(exc)
+            raise
+    try:
+        return breaker.call(provider.send, email)
     except pybreaker.CircuitBreakerError as exc:
         raise CircuitOpen(provider.name) from exc
     except RedisError:
         # Only the probe claim lets one out (pybreaker absorbs its own), and only before the
         # provider is called: _FailFast logged it and pauses Redis; fail open.
         return provider.send(email)
+    finally:
+        breaker.forget()
 
 
 @dataclass(frozen=True)
@@ -221,7 +277,7 @@ def snapshot(names: list[str] | None = None) -> list[BreakerState]:
     when Redis cannot say, since that is how the workers then act."""
     names = names if names is not None else _names(tuple(settings.MAILQ_PROVIDERS))
     client = _client()
-    keys = [f"{_namespace(n)}:pybreaker:{k}" for n in names for k in ("state", "fail_counter")]
+    keys = [key for name in names for key in _state_keys(name)]
     keys += [f"{_namespace(n)}:pybreaker:opened_at" for n in names]
     try:
         values = client.mget(keys) if names and not client.paused() else [None] * len(keys)

@@ -190,6 +190,8 @@ MAILQ_HTTP_TIMEOUT_SECONDS = env_float("MAILQ_HTTP_TIMEOUT_SECONDS", 10.0)
 # in a row (across all workers), probes again after the reset time.
 MAILQ_BREAKER_FAIL_MAX = env_int("MAILQ_BREAKER_FAIL_MAX", 5)
 MAILQ_BREAKER_RESET_SECONDS = env_float("MAILQ_BREAKER_RESET_SECONDS", 30.0)
+# How old each process's view of its breakers may be: a healthy send then costs no Redis call.
+MAILQ_BREAKER_VIEW_SECONDS = env_float("MAILQ_BREAKER_VIEW_SECONDS", 1.0)
 # After a Redis error a process treats every breaker as closed, without asking Redis, this long.
 MAILQ_BREAKER_REDIS_RETRY_SECONDS = env_float("MAILQ_BREAKER_REDIS_RETRY_SECONDS", 5.0)
 # A queued message never confirmed as published is re-published after this long.

@@ -2,6 +2,7 @@
 Postmark's API) first, the SMTP sink second, breaker state in the test Redis."""
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -194,3 +195,30 @@ def test_the_message_list_in_the_admin_shows_each_providers_breaker(
     page = admin_client.get("/admin/delivery/message/").content.decode()
     assert f"<td>{http}</td><td><strong>open</strong></td><td>3</td>" in page
     assert f"<td>{smtp}</td><td><strong>closed</strong></td><td>0</td><td></td>" in page
+
+
+def test_a_healthy_provider_is_called_outside_the_breakers_lock(alice, fake, smtp_sink, chain):
+    # The express pool runs threads: a send through a healthy breaker must not wait for
+    # another thread's send (pybreaker holds its lock for the whole call it makes).
+    http, _ = chain
+    deliver_each(alice.customer, 1)  # reads the view: closed, no failures
+    handle = breaker._breaker(http)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with handle._lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
+    try:
+        t0 = time.monotonic()
+        [message] = deliver_each(alice.customer, 1)
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+        holder.join()
+    assert message.status == Status.SENT and message.provider == http
+    assert took < 2, took
