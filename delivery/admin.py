@@ -6,6 +6,9 @@ from customers.models import Customer
 from delivery import routing
 from delivery.models import DeliveryAttempt, Message, Status
 
+# The admin index links to the delivery dashboard (delivery/operators.py).
+admin.site.index_template = "admin/mailq_index.html"
+
 
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt

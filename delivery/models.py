@@ -127,6 +127,10 @@ class Message(models.Model):
                 condition=models.Q(status="sending"),
                 name="message_sending_lease",
             ),
+            # Dead letters per queue, for metrics and the dashboard (few rows: stays small).
+            models.Index(
+                fields=["queue"], condition=models.Q(status="dead"), name="message_dead"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -137,6 +141,11 @@ class Message(models.Model):
         if self.sent_at is None:
             return None
         return (self.sent_at - self.accepted_at).total_seconds()
+
+
+# The provider name of the attempt that records a template that could not render (no provider
+# was called; metrics leave it out of provider figures).
+RENDER_PROVIDER = "render"
 
 
 class DeliveryAttempt(models.Model):
