@@ -34,7 +34,8 @@ run: setup
 	@rm -rf var/prometheus && mkdir -p var/prometheus
 	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/prometheus exec $(VENV)/bin/honcho start -f Procfile
 
-test: $(VENV)/.installed services
+test: $(VENV)/.installed
+	@bash scripts/services.sh --with-browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

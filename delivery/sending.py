@@ -1,20 +1,20 @@
 """Worker side: claim -> render -> provider chain -> record.
 
-Three short database round trips per task, however many messages it carries: one claim
-(the send ledger), one bulk insert of attempts, one bulk update of outcomes. No transaction
-is held open while a provider is called.
+A few short database round trips per task, however many messages it carries: one claim (the
+send ledger), then one statement per group of MAILQ_RECORD_EVERY outcomes that records their
+attempts and outcomes together. No transaction is held open while a provider is called.
 """
 
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
-from psycopg2.extras import execute_values
 
 from delivery import metrics
 from delivery.models import RENDER_PROVIDER, DeliveryAttempt, Message, Status
@@ -31,24 +31,40 @@ from templates.rendering import RenderError, render
 
 log = logging.getLogger(__name__)
 
-_chain: list[Provider] | None = None
 # Template versions are immutable, so a worker process may cache them for its whole life.
 _versions: dict[int, TemplateVersion] = {}
 
+# One provider chain per thread: a provider holds a live connection (an SMTP session) that two
+# threads must not share. Prefork pool processes have one thread; the express pool runs threads
+# (delivery/management/commands/run_worker.py). `close_providers` closes every thread's chain
+# and bumps the generation, so each thread builds a fresh one (from current settings) next time.
+_local = threading.local()
+_chains: list[list[Provider]] = []
+_chains_lock = threading.Lock()
+_generation = 0
+
 
 def provider_chain() -> list[Provider]:
-    """The process-wide provider chain; connections inside it are reused across tasks."""
-    global _chain
-    if _chain is None:
-        _chain = build_chain(settings.MAILQ_PROVIDERS)
-    return _chain
+    """This thread's provider chain; connections inside it are reused across tasks."""
+    chain = getattr(_local, "chain", None)
+    if chain is None or _local.generation != _generation:
+        chain = build_chain(settings.MAILQ_PROVIDERS)
+        with _chains_lock:
+            _chains.append(chain)
+        _local.chain, _local.generation = chain, _generation
+    return chain
 
 
 def close_providers() -> None:
-    global _chain
-    for provider in _chain or []:
-        provider.close()
-    _chain = None
+    """Close every thread's provider connections (worker shutdown, or settings changed)."""
+    global _generation
+    with _chains_lock:
+        chains = list(_chains)
+        _chains.clear()
+        _generation += 1
+    for chain in chains:
+        for provider in chain:
+            provider.close()
 
 
 @dataclass(slots=True)
@@ -192,7 +208,17 @@ def _attempt(
     )
 
 
-_RECORD_SQL = """
+# Attempts and outcomes in ONE statement: a data-modifying CTE runs exactly once, in the same
+# implicit transaction as the UPDATE, so one round trip commits both (autocommit) instead of
+# BEGIN, INSERT, UPDATE, COMMIT. The claim guard (status and sending_at) keeps a stale
+# worker from overwriting a newer claim.
+_ATTEMPTS_CTE = """
+    WITH attempts AS (
+        INSERT INTO delivery_deliveryattempt
+               (message_id, provider, started_at, duration_ms, succeeded, error, permanent)
+        VALUES {rows})
+"""
+_OUTCOMES_SQL = """
     UPDATE delivery_message AS m
        SET status = v.status,
            sent_at = v.sent_at,
@@ -200,26 +226,20 @@ _RECORD_SQL = """
            release_at = v.release_at,
            provider = v.provider,
            last_error = v.last_error
-      FROM (VALUES %s)
+      FROM (VALUES {rows})
         AS v(id, claimed_at, status, sent_at, finished_at, release_at, provider, last_error)
      WHERE m.id = v.id AND m.status = 'sending' AND m.sending_at = v.claimed_at
 """
-_RECORD_TEMPLATE = (
+_ATTEMPT_ROW = "(%s::uuid, %s, %s::timestamptz, %s, %s, %s, %s)"
+_OUTCOME_ROW = (
     "(%s::uuid, %s::timestamptz, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
 )
 
 
-_ATTEMPTS_SQL = """
-    INSERT INTO delivery_deliveryattempt
-           (message_id, provider, started_at, duration_ms, succeeded, error, permanent)
-    VALUES %s
-"""
-
-
 def _record(outcomes: list[Outcome]) -> None:
-    """Write every attempt and every outcome: two statements for the whole group.
+    """Write every attempt and every outcome of the group in one statement.
 
-    Raw multi-row statements: the ORM's bulk_create costs more CPU than the sends around it.
+    Raw multi-row SQL: the ORM's bulk_create costs more CPU than the sends around it.
     """
     attempts = [
         (
@@ -250,9 +270,12 @@ def _record(outcomes: list[Outcome]) -> None:
                 o.error,
             )
         )
-    with transaction.atomic(), connection.cursor() as cursor:  # one commit for both
-        if attempts:
-            execute_values(cursor.cursor, _ATTEMPTS_SQL, attempts)
-        execute_values(cursor.cursor, _RECORD_SQL, rows, template=_RECORD_TEMPLATE)
+    with connection.cursor() as cursor:
+        mogrify = cursor.cursor.mogrify
+        sql = _OUTCOMES_SQL.format(rows=",".join(mogrify(_OUTCOME_ROW, r).decode() for r in rows))
+        if attempts:  # none when every provider was skipped as down earlier in the task
+            values = ",".join(mogrify(_ATTEMPT_ROW, a).decode() for a in attempts)
+            sql = _ATTEMPTS_CTE.format(rows=values) + sql
+        cursor.execute(sql)
     # Counted once committed, a group at a time (a few microseconds per message).
     metrics.record_outcomes(outcomes)

@@ -3,7 +3,7 @@
 import os
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from delivery import metrics, routing, sending, sweeper
 
@@ -34,7 +34,8 @@ def sweep() -> dict[str, int]:
     return sweeper.sweep()
 
 
-@worker_process_shutdown.connect
+@worker_process_shutdown.connect  # a prefork pool process
+@worker_shutdown.connect  # the worker itself (the express pool's threads live in it)
 def _close_provider_connections(**kwargs) -> None:
     sending.close_providers()
 

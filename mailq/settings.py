@@ -202,6 +202,8 @@ MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
 # A customer with fewer messages than this in flight is quiet: its messages take the express
 # lane (docs/fair-share.md). 0 turns the express lane off.
 MAILQ_EXPRESS_INFLIGHT = env_int("MAILQ_EXPRESS_INFLIGHT", 5)
+# Threads of the express pool (worker_express): each holds its own provider connections.
+MAILQ_EXPRESS_CONCURRENCY = env_int("MAILQ_EXPRESS_CONCURRENCY", 4)
 # Tier pools run this much nicer than web and the express lane (0 = same priority).
 MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 5)
 

@@ -11,10 +11,13 @@
 # Debian/Ubuntu, otherwise the script fails and says how to install it.
 # Works without systemd (no "systemctl" calls).
 #
-# Usage: scripts/services.sh [--with-smtp-sink]
+# Usage: scripts/services.sh [--with-smtp-sink] [--with-browser]
 #   --with-smtp-sink  also make sure Postfix's smtp-sink (/usr/sbin/smtp-sink,
 #                     Debian package "postfix") is installed; postfix itself
 #                     is not configured or started.
+#   --with-browser    also make sure Debian's Chromium (/usr/bin/chromium) is
+#                     installed: the browser tests drive it headless with
+#                     Playwright (which would otherwise download a browser).
 # Environment:
 #   SERVICES_QUIET=1  print nothing on success (errors/warnings still go to stderr)
 set -euo pipefail
@@ -32,9 +35,11 @@ PG_START_TIMEOUT=30
 REDIS_START_TIMEOUT=15
 
 WITH_SMTP_SINK=0
+WITH_BROWSER=0
 for arg in "$@"; do
     case "$arg" in
         --with-smtp-sink) WITH_SMTP_SINK=1 ;;
+        --with-browser) WITH_BROWSER=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
             exit 0
@@ -402,6 +407,20 @@ EOF
         die "smtp-sink (/usr/sbin/smtp-sink) is not installed; install it with:
   echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections
   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postfix"
+    fi
+fi
+
+# 6. Optional: Chromium for the browser tests.
+if ((WITH_BROWSER)); then
+    if [[ -x /usr/bin/chromium ]]; then
+        say "chromium: present"
+    elif can_apt; then
+        apt_install chromium 9>&-
+        [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
+        say "chromium: installed"
+    else
+        die "chromium (/usr/bin/chromium) is not installed; install it with:
+  sudo apt-get install -y chromium"
     fi
 fi
 [[ -z "$APT_LOG" ]] || rm -f "$APT_LOG"  # kept only when apt failed

@@ -27,6 +27,8 @@ from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
 from tests.factories import CustomerFactory, queue, template, tier
 
+pytest_plugins = ["tests.browser"]
+
 TIER_QUEUES = [
     *(
         queue(name, express)
@@ -199,7 +201,9 @@ test_database_url.__test__ = False  # not a test, despite the name
 class WorkerProcess:
     """A real `celery worker` process on the test vhost and the test database."""
 
-    def __init__(self, env: dict[str, str], queues: list[str], concurrency: int) -> None:
+    def __init__(
+        self, env: dict[str, str], queues: list[str], concurrency: int, pool: str = "prefork"
+    ) -> None:
         self.output: list[str] = []
         self.ready = threading.Event()
         self.proc = subprocess.Popen(
@@ -214,6 +218,8 @@ class WorkerProcess:
                 ",".join(queues),
                 "-c",
                 str(concurrency),
+                "--pool",
+                pool,
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel",
@@ -261,7 +267,12 @@ def start_worker(
     started: list[WorkerProcess] = []
     request.node._mailq_workers = started
 
-    def _start(queues: list[str] | None = None, concurrency: int = 2, **extra_env: str):
+    def _start(
+        queues: list[str] | None = None,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        **extra_env: str,
+    ):
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -270,7 +281,7 @@ def start_worker(
             "MAILQ_TEST_PROVIDERS": smtp_sink.url,
             **extra_env,
         }
-        worker = WorkerProcess(env, queues or TIER_QUEUES, concurrency)
+        worker = WorkerProcess(env, queues or TIER_QUEUES, concurrency, pool)
         started.append(worker)
         return worker
 

@@ -5,7 +5,7 @@ import pytest
 from customers.models import Customer
 from delivery.models import Message, Status
 from tests.conftest import wait_until
-from tests.factories import accepted
+from tests.factories import accepted, queue
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +53,20 @@ def test_a_quiet_customer_is_sent_before_a_heavy_customers_backlog_drains(
     heavy_sent_before = position - 20
     assert heavy_sent_before <= 40, heavy_sent_before
     assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 401, 60)
+
+
+def test_the_express_pool_delivers_quiet_customers_mail_once_from_threads(
+    alice, bob, start_worker, smtp_sink
+):
+    # As worker_express runs: every tier's express lane, a thread pool (run_worker express).
+    lanes = [queue(tier, express=True) for tier in ("free", "standard", "premium")]
+    start_worker(queues=lanes, concurrency=4, pool="threads")
+    quiet = accepted(alice.customer, count=4, to="alice@example.com")
+    quiet += accepted(bob.customer, count=4, to="bob@example.com")
+    assert {m.queue for m in quiet} == {queue("standard", express=True)}
+    smtp_sink.wait_for(8, timeout=20)
+    assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 8, 20)
+    counts = smtp_sink.by_message_id()
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"accepted 8, sent {len(counts)}, duplicates {duplicates}")
+    assert counts == {str(m.id): 1 for m in quiet}

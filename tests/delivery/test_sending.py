@@ -1,5 +1,7 @@
 """The worker side in-process: claim -> render -> SMTP (a real sink) -> record."""
 
+import threading
+
 import pytest
 
 from delivery import sending
@@ -157,3 +159,18 @@ def test_an_outcome_is_not_recorded_over_a_newer_claim(alice, providers):
     stale = sending.Outcome(claimed, Status.FAILED, timezone.now(), error="stale")
     sending._record([stale])
     assert reload(message).status == Status.SENDING
+
+
+def test_each_thread_keeps_its_own_provider_connections(settings, smtp_sink):
+    settings.MAILQ_PROVIDERS = [smtp_sink.url]
+    sending.close_providers()
+    theirs: list = []
+    thread = threading.Thread(target=lambda: theirs.append(sending.provider_chain()))
+    thread.start()
+    thread.join()
+    mine = sending.provider_chain()
+    assert sending.provider_chain() is mine  # reused within a thread
+    assert theirs[0] is not mine and theirs[0][0] is not mine[0]  # never shared across threads
+    sending.close_providers()
+    assert sending.provider_chain() is not mine  # rebuilt after a close
+    sending.close_providers()
