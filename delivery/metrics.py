@@ -21,6 +21,7 @@ microseconds per message (bench figures in docs/observability.md).
 import os
 import time
 from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -98,27 +99,43 @@ OVER_QUOTA = Counter(
 
 
 def record_outcomes(outcomes: Iterable["Outcome"]) -> None:
-    """Count one recorded group of delivery outcomes (sending._record, after its commit)."""
-    tally: Tally[tuple[str, str]] = Tally()
+    """Count one recorded group of delivery outcomes (sending._record, after its commit).
+
+    Values are grouped by label set first, so each metric's labels are looked up once per
+    group, not once per message.
+    """
+    statuses: Tally[tuple[str, str]] = Tally()
+    latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
+    durations: dict[str, list[float]] = defaultdict(list)
+    errors: Tally[tuple[str, str]] = Tally()
     for outcome in outcomes:
         message = outcome.message
         tier, lane = tier_and_lane(message.queue)
-        tally[tier, outcome.status.value] += 1
+        statuses[tier, outcome.status.value] += 1
         if outcome.status == Status.SENT:
             # A scheduled send is late from its send_at, not from when it was accepted.
             start = message.accepted_at
             if message.send_at is not None and message.send_at > start:
                 start = message.send_at
-            ACCEPT_TO_SENT.labels(tier, lane).observe((outcome.at - start).total_seconds())
+            latencies[tier, lane].append((outcome.at - start).total_seconds())
         for attempt in outcome.attempts:
             if attempt.provider == RENDER_PROVIDER:
                 continue  # no provider was called
-            PROVIDER_ATTEMPTS.labels(attempt.provider).inc()
-            PROVIDER_SECONDS.labels(attempt.provider).observe(attempt.duration_ms / 1000)
+            durations[attempt.provider].append(attempt.duration_ms / 1000)
             if not attempt.succeeded:
-                kind = "permanent" if attempt.permanent else "temporary"
-                PROVIDER_ERRORS.labels(attempt.provider, kind).inc()
-    for (tier, status), count in tally.items():
+                errors[attempt.provider, "permanent" if attempt.permanent else "temporary"] += 1
+    for (tier, lane), values in latencies.items():
+        histogram = ACCEPT_TO_SENT.labels(tier, lane)
+        for value in values:
+            histogram.observe(value)
+    for provider, values in durations.items():
+        PROVIDER_ATTEMPTS.labels(provider).inc(len(values))
+        histogram = PROVIDER_SECONDS.labels(provider)
+        for value in values:
+            histogram.observe(value)
+    for (provider, kind), count in errors.items():
+        PROVIDER_ERRORS.labels(provider, kind).inc(count)
+    for (tier, status), count in statuses.items():
         DELIVERIES.labels(tier, status).inc(count)
 
 
