@@ -160,15 +160,15 @@ def process_exited(pid: int) -> None:
 
 
 def breaker_states() -> dict[str, str]:
-    """Circuit-breaker state per provider: "closed", "open" or "half_open".
+    """Circuit-breaker state per provider: "closed", "open" or "half-open".
 
-    MERGE: the lead wires delivery/breaker.py here (`return breaker.states()`); until then no
-    breaker exists and no series is exported.
+    MERGE: the lead wires delivery/breaker.py here (`return breaker.states()`, same shape);
+    until then no breaker exists and no series is exported.
     """
     return {}
 
 
-BREAKER_STATES = ("closed", "open", "half_open")
+BREAKER_STATES = ("closed", "open", "half-open")
 
 
 class StateCollector(Collector):
@@ -227,8 +227,9 @@ class StateCollector(Collector):
             ),
             "dead": GaugeMetricFamily(
                 "mailq_dead_letters",
-                f"Messages dead after MAILQ_MAX_ATTEMPTS temporary failures ({Status.DEAD}).",
-                labels=["tier"],
+                "Messages given up on: dead (MAILQ_MAX_ATTEMPTS temporary failures) or failed "
+                "(a permanent failure).",
+                labels=["tier", "status"],
             ),
         }
         for tier in snap.tiers:
@@ -249,7 +250,8 @@ class StateCollector(Collector):
             families["oldest"].add_metric([tier.name], tier.oldest_queued_seconds)
             families["backlog_age"].add_metric([tier.name], tier.oldest_backlog_seconds)
             families["backlogged"].add_metric([tier.name], tier.backlogged_customers)
-            families["dead"].add_metric([tier.name], tier.dead)
+            families["dead"].add_metric([tier.name, Status.DEAD], tier.dead)
+            families["dead"].add_metric([tier.name, Status.FAILED], tier.failed)
         yield from families.values()
 
         breakers = GaugeMetricFamily(

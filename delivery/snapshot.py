@@ -56,9 +56,12 @@ _WAITING_SQL = """
      WHERE status IN ('retrying', 'deferred') AND release_at IS NOT NULL
      GROUP BY queue, status
 """
-# Dead letters (`message_dead`).
+# Dead letters, dead or failed (`message_dead_letters_by_queue`: an index-only count). They
+# stay until redriven or deleted, so this grows with what is kept, not with traffic.
 _DEAD_SQL = """
-    SELECT queue, count(*) FROM delivery_message WHERE status = 'dead' GROUP BY queue
+    SELECT queue, status, count(*) FROM delivery_message
+     WHERE status IN ('dead', 'failed')
+     GROUP BY queue, status
 """
 
 
@@ -74,7 +77,8 @@ class TierState:
     retrying: int = 0
     queued: int = 0
     sending: int = 0
-    dead: int = 0
+    dead: int = 0  # dead letters: MAILQ_MAX_ATTEMPTS temporary failures
+    failed: int = 0  # dead letters: a permanent failure
     backlogged_customers: int = 0
     oldest_backlog_seconds: float = 0.0  # since accepted
     oldest_queued_seconds: float = 0.0  # since queued, any customer
@@ -88,6 +92,10 @@ class TierState:
     @property
     def inflight(self) -> int:
         return self.queued + self.sending
+
+    @property
+    def dead_letters(self) -> int:
+        return self.dead + self.failed
 
 
 @dataclass
@@ -185,8 +193,12 @@ def _read_database(now, states: dict[str, TierState], state_of) -> list[Customer
             state.retrying += count
         else:
             state.scheduled += count
-    for queue, count in dead_rows:
-        state_of(queue).dead += count
+    for queue, status, count in dead_rows:
+        state = state_of(queue)
+        if status == "dead":
+            state.dead += count
+        else:
+            state.failed += count
 
     top = sorted(backlogs.values(), key=lambda b: (-b.messages, b.name))[:TOP_BACKLOGS]
     for backlog in top:

@@ -35,6 +35,7 @@ def test_the_state_gauges_count_what_waits_where_per_tier(client, alice, bob, ch
     put(accepted(bob.customer, 1), Status.RETRYING, release_at=future)
     put(accepted(bob.customer, 1), Status.DEFERRED, release_at=future)
     put(accepted(bob.customer, 2), Status.DEAD)
+    put(accepted(bob.customer, 1), Status.FAILED)
     # charlie (premium): sent, nothing waits.
     put(accepted(charlie.customer, 1), Status.SENT)
 
@@ -45,7 +46,8 @@ def test_the_state_gauges_count_what_waits_where_per_tier(client, alice, bob, ch
     assert gauge(samples, "mailq_retrying_messages", **std) == 1
     assert gauge(samples, "mailq_inflight_messages", status="queued", **std) == 3
     assert gauge(samples, "mailq_inflight_messages", status="sending", **std) == 1
-    assert gauge(samples, "mailq_dead_letters", **std) == 2
+    assert gauge(samples, "mailq_dead_letters", status="dead", **std) == 2
+    assert gauge(samples, "mailq_dead_letters", status="failed", **std) == 1
     assert gauge(samples, "mailq_backlogged_customers", **std) == 1
     assert gauge(samples, "mailq_backlog_oldest_age_seconds", **std) == pytest.approx(60, abs=3)
     assert gauge(samples, "mailq_oldest_queued_age_seconds", **std) == pytest.approx(20, abs=3)
@@ -53,9 +55,9 @@ def test_the_state_gauges_count_what_waits_where_per_tier(client, alice, bob, ch
     quiet = gauge(samples, "mailq_quiet_oldest_queued_age_seconds", **std)
     assert quiet == pytest.approx(5, abs=3)
     prem = {"tier": "premium"}
-    for name in ("mailq_quiet_oldest_queued_age_seconds", "mailq_dead_letters"):
-        assert (name, frozenset(prem.items())) in samples  # every tier has its series
-        assert gauge(samples, name, **prem) == 0
+    quiet = ("mailq_quiet_oldest_queued_age_seconds", frozenset(prem.items()))
+    assert samples[quiet] == 0  # every tier has its series
+    assert gauge(samples, "mailq_dead_letters", **prem) == 0
     assert gauge(samples, "mailq_state_source_up", source="postgresql") == 1
     assert gauge(samples, "mailq_state_source_up", source="rabbitmq") == 1
 
@@ -80,4 +82,4 @@ def test_breaker_states_are_exported_one_series_per_state(client, db, monkeypatc
     name = "mailq_provider_circuit_state"
     assert gauge(samples, name, provider="smtp://a:25", state="open") == 1
     assert gauge(samples, name, provider="smtp://a:25", state="closed") == 0
-    assert gauge(samples, name, provider="smtp://a:25", state="half_open") == 0
+    assert gauge(samples, name, provider="smtp://a:25", state="half-open") == 0
