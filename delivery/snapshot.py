@@ -122,8 +122,8 @@ def take() -> Snapshot:
     now = timezone.now()
     try:
         tiers = list(Tier.objects.values_list("name", "queue"))
-    except DatabaseError:
-        log.warning("snapshot: the database is unavailable", exc_info=True)
+    except DatabaseError as exc:
+        log.warning("snapshot: the database is unavailable: %s", exc)
         return Snapshot(now, [], [], database_ok=False, broker_ok=False)
     states = {name: TierState(name, queue) for name, queue in tiers}
     by_queue = {queue: states[name] for name, queue in tiers}
@@ -140,8 +140,8 @@ def take() -> Snapshot:
     try:
         top = _read_database(now, states, state_of)
         database_ok = True
-    except DatabaseError:
-        log.warning("snapshot: a state query failed", exc_info=True)
+    except DatabaseError as exc:
+        log.warning("snapshot: a state query failed: %s", exc)
         database_ok = False
     broker_ok = _read_broker(list(states.values()))
     return Snapshot(now, list(states.values()), top, database_ok, broker_ok)
@@ -213,7 +213,8 @@ def _read_broker(states: list[TierState]) -> bool:
             state.broker_ready[lane] = state.broker_consumers[lane] = None
     try:
         with app.connection_for_read(connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
-            conn.ensure_connection(max_retries=1)
+            # One quick retry at most: a scrape reports the broker down rather than waiting.
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             channel = conn.channel()
             for state in states:
                 if not state.queue:
@@ -228,7 +229,7 @@ def _read_broker(states: list[TierState]) -> bool:
                         continue
                     state.broker_ready[lane] = declared.message_count
                     state.broker_consumers[lane] = declared.consumer_count
-    except (KombuError, AMQPError, OSError):
-        log.warning("snapshot: RabbitMQ is unavailable", exc_info=True)
+    except (KombuError, AMQPError, OSError) as exc:
+        log.warning("snapshot: RabbitMQ is unavailable: %s", exc)
         return False
     return True

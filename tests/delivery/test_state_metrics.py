@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from delivery import metrics, routing
 from delivery.models import Message, Status
+from mailq.celery import app
+from tests.conftest import free_port
 from tests.delivery.scrape import scrape, total
 from tests.factories import accepted, queue
 
@@ -83,3 +85,16 @@ def test_breaker_states_are_exported_one_series_per_state(client, db, monkeypatc
     assert gauge(samples, name, provider="smtp://a:25", state="open") == 1
     assert gauge(samples, name, provider="smtp://a:25", state="closed") == 0
     assert gauge(samples, name, provider="smtp://a:25", state="half-open") == 0
+
+
+def test_with_rabbitmq_away_a_scrape_still_answers_and_says_so(client, alice, monkeypatch):
+    # Nothing listens there: the connection is refused, as when RabbitMQ is down.
+    monkeypatch.setitem(
+        app.conf, "broker_read_url", f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    )
+    put(accepted(alice.customer, 2), Status.DEFERRED)
+    samples = scrape(client)
+    assert gauge(samples, "mailq_state_source_up", source="rabbitmq") == 0
+    assert gauge(samples, "mailq_state_source_up", source="postgresql") == 1
+    assert not any(name == "mailq_queue_messages" for name, _ in samples)  # unknown, not 0
+    assert gauge(samples, "mailq_deferred_messages", tier="standard", reason="backlog") == 2
