@@ -142,23 +142,21 @@ def test_flower_lists_the_tier_workers_and_shows_each_tasks_message_and_customer
         )
         for pool in pools
     ]
-    for worker in workers:
-        assert worker.ready.wait(60), "".join(worker.output[-40:])
-    # Flower asks the workers for their queues when it starts (its broker tab lists those):
-    # started after them, as docs/observability.md says.
+    # Started beside the workers, as honcho does: run_flower waits for the pools to answer.
     port = free_port()
     flower = f"http://127.0.0.1:{port}"
     flower_process = processes(
         [
-            *(sys.executable, "-m", "celery", "-A", "mailq", "flower"),
-            "--conf=mailq/flowerconfig.py",  # as in the Procfile
-            *("--address=127.0.0.1", f"--port={port}"),
+            *(sys.executable, "manage.py", "run_flower", "--wait=60", f"--pools={','.join(pools)}"),
+            *("--", "--address=127.0.0.1", f"--port={port}"),
             f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
             "--broker-api=http://guest:guest@127.0.0.1:15672/api/",
         ],
         env,
     )
-    assert wait_until(lambda: _flower_get(flower + "/healthcheck") == 200, 30), "".join(
+    for worker in workers:
+        assert worker.ready.wait(60), "".join(worker.output[-40:])
+    assert wait_until(lambda: _flower_get(flower + "/healthcheck") == 200, 45), "".join(
         flower_process.output[-40:]
     )
     assert _flower_get(flower + "/workers") == 200
