@@ -84,14 +84,16 @@ class Process:
             if self.marker and self.marker in line:
                 self.ready.set()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown
+
+    def wait(self) -> None:
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
 
 
 @pytest.fixture
@@ -103,8 +105,10 @@ def processes() -> Iterator[Callable[..., Process]]:
         return started[-1]
 
     yield start
-    for process in reversed(started):
-        process.stop()
+    for process in started:  # all at once: each shuts down in parallel with the others
+        process.terminate()
+    for process in started:
+        process.wait()
 
 
 def _flower_get(url: str) -> int:
