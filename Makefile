@@ -29,7 +29,10 @@ run: setup
 	@$(PY) manage.py demo
 	@echo "Starting: $$(cut -d: -f1 Procfile | tr '\n' ' ')(Ctrl-C stops them all)"
 	@echo "API http://127.0.0.1:8000/v1/docs  Flower http://127.0.0.1:5555 (admin:mailq)  Admin http://127.0.0.1:8000/admin/"
-	exec $(VENV)/bin/honcho start -f Procfile
+	@echo "Metrics http://127.0.0.1:8000/metrics  Dashboard http://127.0.0.1:8000/admin/dashboard/"
+	@# Metrics of every process (prometheus-client multiprocess mode), fresh for each run.
+	@rm -rf var/prometheus && mkdir -p var/prometheus
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/prometheus exec $(VENV)/bin/honcho start -f Procfile
 
 test: $(VENV)/.installed
 	@bash scripts/services.sh --with-browser

@@ -158,6 +158,14 @@ class Stack:
     log_dir: Path
     procs: dict[str, Proc] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # As `make run`: every process counts its metrics into one fresh directory (the cost
+        # of metrics is part of what a benchmark measures).
+        metrics_dir = self.log_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
     def start(self, name: str, argv: list[str]) -> Proc:
         path = self.log_dir / f"{name}.log"
         with open(path, "ab") as out:
@@ -183,6 +191,7 @@ class Stack:
 
     def start_web(self, port: int, workers: int, access_log: bool) -> Proc:
         argv = [str(Path(sys.executable).parent / "gunicorn"), "mailq.wsgi"]
+        argv += ["-c", "python:mailq.gunicorn_conf"]
         argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
         # As in the Procfile (gthread, WEB_THREADS threads per process, default 1).
         argv += ["--worker-class", "gthread", "--threads", os.environ.get("WEB_THREADS", "1")]

@@ -7,6 +7,9 @@ from customers.models import Customer
 from delivery import breaker, routing, status_page
 from delivery.models import DeliveryAttempt, Message, Status
 
+# The admin index links to the delivery dashboard (delivery/operators.py).
+admin.site.index_template = "admin/mailq_index.html"
+
 
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt

@@ -128,6 +128,12 @@ class Message(models.Model):
                 condition=models.Q(status="sending"),
                 name="message_sending_lease",
             ),
+            # Dead letters counted per queue at every metrics scrape (an index-only count).
+            models.Index(
+                fields=["queue", "status"],
+                condition=models.Q(status__in=["dead", "failed"]),
+                name="message_dead_letters_by_queue",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -138,6 +144,11 @@ class Message(models.Model):
         if self.sent_at is None:
             return None
         return (self.sent_at - self.accepted_at).total_seconds()
+
+
+# The provider name of the attempt that records a template that could not render (no provider
+# was called; metrics leave it out of provider figures).
+RENDER_PROVIDER = "render"
 
 
 class DeliveryAttempt(models.Model):

@@ -11,10 +11,13 @@ duplicate task is harmless: the claim lets one delivery through).
 import logging
 from collections.abc import Iterable
 
+from customers.models import Tier
 from delivery.models import Message, Status
 from mailq.celery import app
 
 EXPRESS_SUFFIX = ".express"
+# Lanes, as metrics and the dashboard label them: a tier's pool, or its express lane.
+BULK, EXPRESS = "bulk", "express"
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,21 @@ def express_queue(tier_queue: str) -> str:
 
 def is_express(queue: str) -> bool:
     return queue.endswith(EXPRESS_SUFFIX)
+
+
+# queue name -> tier name, per process. Tier queues are rarely renamed: a miss reloads the table.
+_tier_names: dict[str, str] = {}
+
+
+def tier_and_lane(queue: str) -> tuple[str, str]:
+    """The tier name and lane of a message's queue (a queue no tier names is its own label)."""
+    lane = EXPRESS if is_express(queue) else BULK
+    base = queue.removesuffix(EXPRESS_SUFFIX)
+    name = _tier_names.get(base)
+    if name is None:
+        _tier_names.update(Tier.objects.values_list("queue", "name"))
+        name = _tier_names.get(base, base)
+    return name, lane
 
 
 def ensure(names: Iterable[str]) -> list[str]:

@@ -99,7 +99,7 @@ def _flow(customer: Customer) -> tuple[int, int]:
 
 def publish_after_commit(messages: Sequence[Message]) -> None:
     """Publish the queued ones among `messages` once the current transaction commits."""
-    queued = [(str(m.id), m.queue) for m in messages if m.status == Status.QUEUED]
+    queued = [(str(m.id), m.queue, m.customer_id) for m in messages if m.status == Status.QUEUED]
     if queued:
         transaction.on_commit(lambda: publish(queued))
 
@@ -107,22 +107,24 @@ def publish_after_commit(messages: Sequence[Message]) -> None:
 # --- publishing -----------------------------------------------------------------------------
 
 
-def publish(id_queue_pairs: Sequence[tuple[str, str]]) -> int:
-    """Publish committed, queued messages to their queues; return how many were confirmed.
+def publish(rows: Sequence[tuple[str, str, int]]) -> int:
+    """Publish committed, queued messages, given as (id, queue, customer id) rows, to their
+    queues; return how many were confirmed.
 
     One id goes as `deliver(id)` (the real-time path); several go as `deliver_batch(ids)`
     in chunks, so a backlog costs one task per chunk, not one per message.
     """
-    by_queue: dict[str, list[str]] = defaultdict(list)
-    for message_id, queue in id_queue_pairs:
-        by_queue[queue].append(message_id)
+    by_queue: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for message_id, queue, customer_id in rows:
+        by_queue[queue].append((message_id, customer_id))
 
     confirmed: list[str] = []
-    for queue, ids in by_queue.items():
+    for queue, items in by_queue.items():
         size = settings.MAILQ_TASK_BATCH_SIZE
-        for chunk in (ids[i : i + size] for i in range(0, len(ids), size)):
+        for start in range(0, len(items), size):
+            chunk = [message_id for message_id, _ in items[start : start + size]]
             try:
-                _send(queue, chunk)
+                _send(queue, chunk, [customer for _, customer in items[start : start + size]])
             except _broker_errors() as exc:
                 log.warning("publish to %s failed (%s); the sweeper will retry", queue, exc)
                 continue
@@ -141,17 +143,21 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
         return (KombuError, OSError, *conn.connection_errors, *conn.channel_errors)
 
 
-def _send(queue: str, ids: list[str]) -> None:
+def _send(queue: str, ids: list[str], customer_ids: list[int]) -> None:
     if len(ids) == 1:
         name, args = DELIVER_TASK, [ids[0]]
     else:
         name, args = DELIVER_BATCH_TASK, [ids]
+    # What Flower and worker logs show (the task takes only ids): the customer beside them.
+    customers = sorted(set(customer_ids))
+    shown = {"customer": customers[0]} if len(customers) == 1 else {"customers": customers}
     app.send_task(
         name,
         args=args,
         queue=queue,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
+        kwargsrepr=repr(shown),
     )
 
 
@@ -185,7 +191,7 @@ _REFILL_SQL = """
            queue = (SELECT queue FROM cap)
       FROM picked
      WHERE m.id = picked.id
- RETURNING m.id::text, m.queue
+ RETURNING m.id::text, m.queue, m.customer_id
 """
 
 
@@ -277,5 +283,5 @@ def release_due() -> int:
     if fair():
         refill(row[2] for row in rows)
     else:
-        publish([(row[0], row[1]) for row in rows])
+        publish(rows)
     return len(rows)

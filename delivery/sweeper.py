@@ -16,7 +16,7 @@ from delivery import routing, stats
 
 # Queued a while ago, never confirmed by the broker: the publish was lost.
 _UNPUBLISHED_SQL = """
-    SELECT id::text, queue FROM delivery_message
+    SELECT id::text, queue, customer_id FROM delivery_message
      WHERE status = 'queued' AND published_at IS NULL AND queued_at < %s
      ORDER BY queued_at
      LIMIT %s
@@ -31,7 +31,7 @@ _RECLAIM_SQL = """
           ORDER BY sending_at
           LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED)
- RETURNING id::text, queue
+ RETURNING id::text, queue, customer_id
 """
 
 

@@ -1,9 +1,11 @@
 """Celery tasks: thin, take ids, safe to run twice (the claim in sending.py is the ledger)."""
 
+import os
+
 from celery import shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
-from delivery import routing, sending, sweeper
+from delivery import metrics, routing, sending, sweeper
 
 
 def _deliver(message_ids: list[str]) -> dict[str, int]:
@@ -37,3 +39,8 @@ def sweep() -> dict[str, int]:
 @worker_shutdown.connect  # the worker itself (the express pool's threads live in it)
 def _close_provider_connections(**kwargs) -> None:
     sending.close_providers()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_exited(**kwargs) -> None:
+    metrics.process_exited(os.getpid())

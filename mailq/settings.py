@@ -72,6 +72,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: it counts and times every answer, the 413s of the next one too.
+    "mailq.middleware.RequestMetricsMiddleware",
     "mailq.middleware.BodySizeLimitMiddleware",
     # RateLimit headers, quota give-back and invalid-request counting (customers/throttling.py).
     "customers.throttling.RateLimitMiddleware",
@@ -250,6 +252,20 @@ MAILQ_ABUSE_FLAG_REFUSED = env_int("MAILQ_ABUSE_FLAG_REFUSED", 300)
 MAILQ_ABUSE_SUSPEND_MIN_REQUESTS = env_int("MAILQ_ABUSE_SUSPEND_MIN_REQUESTS", 500)
 MAILQ_ABUSE_SUSPEND_INVALID_RATIO = env_float("MAILQ_ABUSE_SUSPEND_INVALID_RATIO", 0.9)
 MAILQ_ABUSE_SUSPEND_REFUSED = env_int("MAILQ_ABUSE_SUSPEND_REFUSED", 3000)
+
+# --- observability (delivery/metrics.py, docs/observability.md) -------------------------------
+# Bearer token that /metrics requires; empty: only loopback clients may scrape it.
+MAILQ_METRICS_TOKEN = env_str("MAILQ_METRICS_TOKEN", "")
+# prometheus-client's multiprocess mode: every gunicorn and Celery process writes its counters
+# there, /metrics sums them. The library reads the variable itself; a wrong path would only
+# fail at the first count, so check it here.
+_multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _multiproc_dir and not os.path.isdir(_multiproc_dir):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={_multiproc_dir!r} is not a directory (create it, empty)"
+    )
+# Seconds between the operator dashboard's refreshes.
+MAILQ_DASHBOARD_REFRESH_SECONDS = env_int("MAILQ_DASHBOARD_REFRESH_SECONDS", 5)
 
 # --- Celery (namespace CELERY_) ---------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")

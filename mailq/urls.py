@@ -3,7 +3,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from delivery import status_page
+from delivery import operators, status_page
 
 handler400 = "mailq.errors.handler400"
 handler404 = "mailq.errors.handler404"
@@ -16,6 +16,13 @@ def healthz(request):
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", operators.metrics_view, name="metrics"),
+    path(
+        "admin/dashboard/",
+        admin.site.admin_view(operators.dashboard),
+        name="delivery-dashboard",
+    ),
+    path("admin/dashboard/panel", operators.dashboard_panel, name="delivery-dashboard-panel"),
     path("admin/", admin.site.urls),
     path("status/", status_page.key_form, name="status-key"),
     path("status/<str:token>", status_page.page, name="status-page"),
