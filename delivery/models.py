@@ -25,6 +25,8 @@ class Status(models.TextChoices):
 
 
 CANCELLABLE = (Status.DEFERRED, Status.QUEUED, Status.RETRYING)
+# Dead letters: given up on. An operator (admin) or the customer (API) may send them again.
+REDRIVABLE = (Status.DEAD, Status.FAILED)
 FINAL = (Status.SENT, Status.FAILED, Status.DEAD, Status.CANCELLED)
 
 _CLAIM_SQL = """
@@ -127,6 +129,12 @@ class Message(models.Model):
                 condition=models.Q(status="sending"),
                 name="message_sending_lease",
             ),
+            # The admin's dead-letter list: few rows, newest first.
+            models.Index(
+                fields=["-accepted_at"],
+                condition=models.Q(status__in=["dead", "failed"]),
+                name="message_dead_letters",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -137,6 +145,14 @@ class Message(models.Model):
         if self.sent_at is None:
             return None
         return (self.sent_at - self.accepted_at).total_seconds()
+
+
+class DeadLetter(Message):
+    """The admin's dead-letter view: messages given up on (`dead` or `failed`)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
 
 
 class DeliveryAttempt(models.Model):

@@ -14,6 +14,7 @@ def test_the_openapi_schema_is_served_and_names_every_operation(client):
         "get_message",
         "list_messages",
         "cancel_message",
+        "redrive_message",
         "create_template",
         "preview_template",
     } <= operations
@@ -47,6 +48,7 @@ def test_admin_pages_render_for_staff(admin_client, alice):
         "/admin/customers/customer/",
         "/admin/customers/tier/",
         "/admin/delivery/message/",
+        "/admin/delivery/deadletter/",
         "/admin/email_templates/emailtemplate/",
         "/admin/customers/apikey/",
         f"/admin/customers/customer/{alice.customer.pk}/change/",

@@ -6,4 +6,9 @@ urlpatterns = [
     path("messages", views.MessagesView.as_view(), name="messages"),
     path("messages/batch", views.BatchView.as_view(), name="messages-batch"),
     path("messages/<uuid:message_id>", views.MessageDetailView.as_view(), name="message-detail"),
+    path(
+        "messages/<uuid:message_id>/redrive",
+        views.MessageRedriveView.as_view(),
+        name="message-redrive",
+    ),
 ]

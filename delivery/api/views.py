@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from delivery import intake
+from delivery import intake, routing
 from delivery.api.serializers import (
     AcceptedSerializer,
     AttemptSerializer,
@@ -20,7 +20,7 @@ from delivery.api.serializers import (
     MessageSerializer,
     SendSerializer,
 )
-from delivery.models import CANCELLABLE, Message, Status
+from delivery.models import CANCELLABLE, REDRIVABLE, Message, Status
 from mailq.errors import ApiError, Conflict, Unprocessable, error_body, flatten_detail
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -34,6 +34,10 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 class NotCancellable(Conflict):
     code = "not_cancellable"
+
+
+class NotRedrivable(Conflict):
+    code = "not_redrivable"
 
 
 def _accepted(message: Message) -> dict:
@@ -137,16 +141,18 @@ class BatchView(APIView):
         )
 
 
-class MessageDetailView(APIView):
-    def _get(self, request: Request, message_id) -> Message:
-        return get_object_or_404(
-            Message.objects.owned_by(request.user).select_related("template_version__template"),
-            pk=message_id,
-        )
+def _owned(request: Request, message_id) -> Message:
+    """The caller's message; another customer's id is a 404, as is an unknown one."""
+    return get_object_or_404(
+        Message.objects.owned_by(request.user).select_related("template_version__template"),
+        pk=message_id,
+    )
 
+
+class MessageDetailView(APIView):
     @extend_schema(responses={200: MessageSerializer}, operation_id="get_message")
     def get(self, request: Request, message_id) -> Response:
-        message = self._get(request, message_id)
+        message = _owned(request, message_id)
         body = MessageSerializer(message).data
         body["delivery_attempts"] = AttemptSerializer(
             message.delivery_attempts.all(), many=True
@@ -155,7 +161,7 @@ class MessageDetailView(APIView):
 
     @extend_schema(responses={200: MessageSerializer}, operation_id="cancel_message")
     def delete(self, request: Request, message_id) -> Response:
-        message = self._get(request, message_id)
+        message = _owned(request, message_id)
         cancelled = Message.objects.filter(pk=message.pk, status__in=CANCELLABLE).update(
             status=Status.CANCELLED, finished_at=timezone.now()
         )
@@ -166,3 +172,23 @@ class MessageDetailView(APIView):
                 {"status": [message.status]},
             )
         return Response(MessageSerializer(message).data)
+
+
+class MessageRedriveView(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: MessageSerializer},
+        operation_id="redrive_message",
+        description="Send a `dead` or `failed` message again, with a fresh set of attempts.",
+    )
+    def post(self, request: Request, message_id) -> Response:
+        message = _owned(request, message_id)
+        if not routing.redrive([message.pk]):
+            message.refresh_from_db()
+            raise NotRedrivable(
+                f"The message is {message.status}; only {' or '.join(REDRIVABLE)} messages "
+                "can be redriven.",
+                {"status": [message.status]},
+            )
+        message.refresh_from_db()
+        return Response(MessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)
