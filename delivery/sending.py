@@ -8,13 +8,13 @@ is held open while a provider is called.
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
-from psycopg2.extras import execute_values
 
 from delivery.models import DeliveryAttempt, Message, Status
 from delivery.providers import build_chain
@@ -74,10 +74,20 @@ class Report:
 
     counts: dict[str, int] = field(default_factory=dict)
     customer_ids: set[int] = field(default_factory=set)
+    # Claimed but not sent because the worker is stopping: queued again, (id, queue) to publish.
+    handed_back: list[tuple[str, str]] = field(default_factory=list)
 
 
-def deliver(message_ids: list[str]) -> Report:
-    """Deliver the messages among `message_ids` that are still queued. Safe to run twice."""
+def _never() -> bool:
+    return False
+
+
+def deliver(message_ids: list[str], stopping: Callable[[], bool] = _never) -> Report:
+    """Deliver the messages among `message_ids` that are still queued. Safe to run twice.
+
+    `stopping` is asked before each send; once it is true (the worker is shutting down), the
+    sends made are recorded and the rest of the batch is handed back as `queued`.
+    """
     messages = Message.objects.claim(message_ids)
     report = Report()
     if not messages:
@@ -87,7 +97,11 @@ def deliver(message_ids: list[str]) -> Report:
     # a dead provider costs one timeout per task, not one per message.
     down: set[str] = set()
     pending: list[Outcome] = []
-    for message in messages:
+    unsent: list[Message] = []
+    for index, message in enumerate(messages):
+        if stopping():
+            unsent = messages[index:]
+            break
         outcome = _deliver_one(message, down)
         pending.append(outcome)
         report.counts[outcome.status] = report.counts.get(outcome.status, 0) + 1
@@ -99,7 +113,26 @@ def deliver(message_ids: list[str]) -> Report:
             pending = []
     if pending:
         _record(pending)
+    if unsent:
+        report.handed_back = _hand_back(unsent)
     return report
+
+
+# Not attempted, so the claim is undone (attempts too) and the message is published again.
+_HAND_BACK_SQL = """
+    UPDATE delivery_message
+       SET status = 'queued', attempts = attempts - 1, sending_at = NULL,
+           queued_at = %s, published_at = NULL
+     WHERE id = ANY(%s::uuid[]) AND status = 'sending' AND sending_at = %s
+ RETURNING id::text, queue
+"""
+
+
+def _hand_back(messages: list[Message]) -> list[tuple[str, str]]:
+    ids = [str(m.id) for m in messages]
+    with connection.cursor() as cursor:
+        cursor.execute(_HAND_BACK_SQL, [timezone.now(), ids, messages[0].sending_at])
+        return cursor.fetchall()
 
 
 def _load_versions(version_ids: set[int]) -> None:
@@ -191,7 +224,13 @@ def _attempt(
     )
 
 
+# One statement records a group: the attempts (a CTE) and the outcomes. A single statement in
+# autocommit is its own transaction, so this is one round trip and one commit, with no
+# BEGIN/COMMIT around it: cheap enough to record every few sends (MAILQ_RECORD_EVERY), which is
+# what bounds the duplicates a worker crash can cause. The claim check (status and sending_at)
+# keeps a worker whose lease expired from overwriting the claim that replaced it.
 _RECORD_SQL = """
+    {attempts}
     UPDATE delivery_message AS m
        SET status = v.status,
            sent_at = v.sent_at,
@@ -199,46 +238,51 @@ _RECORD_SQL = """
            release_at = v.release_at,
            provider = v.provider,
            last_error = v.last_error
-      FROM (VALUES %s)
+      FROM (VALUES {outcomes})
         AS v(id, claimed_at, status, sent_at, finished_at, release_at, provider, last_error)
      WHERE m.id = v.id AND m.status = 'sending' AND m.sending_at = v.claimed_at
 """
-_RECORD_TEMPLATE = (
+_ATTEMPTS_CTE = """
+    WITH attempts AS (
+        INSERT INTO delivery_deliveryattempt
+               (message_id, provider, started_at, duration_ms, succeeded, error, permanent)
+        VALUES {rows})
+"""
+_OUTCOME_ROW = (
     "(%s::uuid, %s::timestamptz, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s)"
 )
-
-
-_ATTEMPTS_SQL = """
-    INSERT INTO delivery_deliveryattempt
-           (message_id, provider, started_at, duration_ms, succeeded, error, permanent)
-    VALUES %s
-"""
+_ATTEMPT_ROW = "(%s::uuid, %s, %s::timestamptz, %s, %s, %s, %s)"
 
 
 def _record(outcomes: list[Outcome]) -> None:
-    """Write every attempt and every outcome: two statements for the whole group.
+    """Write every attempt and every outcome of a group in one statement.
 
-    Raw multi-row statements: the ORM's bulk_create costs more CPU than the sends around it.
+    Raw SQL, rows rendered by psycopg2's `mogrify` (C): the ORM's bulk_create costs more CPU
+    than the sends around it.
     """
-    attempts = [
-        (
-            str(a.message_id),
-            a.provider,
-            a.started_at,
-            a.duration_ms,
-            a.succeeded,
-            a.error,
-            a.permanent,
-        )
-        for o in outcomes
-        for a in o.attempts
-    ]
-    rows = []
-    for o in outcomes:
-        finished = o.at if o.status in (Status.SENT, Status.FAILED, Status.DEAD) else None
-        sent = o.at if o.status == Status.SENT else None
-        rows.append(
-            (
+    with connection.cursor() as wrapper:
+        cursor = wrapper.cursor
+        attempts = [
+            cursor.mogrify(
+                _ATTEMPT_ROW,
+                (
+                    str(a.message_id),
+                    a.provider,
+                    a.started_at,
+                    a.duration_ms,
+                    a.succeeded,
+                    a.error,
+                    a.permanent,
+                ),
+            )
+            for o in outcomes
+            for a in o.attempts
+        ]
+        rows = []
+        for o in outcomes:
+            finished = o.at if o.status in (Status.SENT, Status.FAILED, Status.DEAD) else None
+            sent = o.at if o.status == Status.SENT else None
+            row = (
                 str(o.message.id),
                 o.message.sending_at,
                 o.status.value,
@@ -248,8 +292,6 @@ def _record(outcomes: list[Outcome]) -> None:
                 o.provider,
                 o.error,
             )
-        )
-    with transaction.atomic(), connection.cursor() as cursor:  # one commit for both
-        if attempts:
-            execute_values(cursor.cursor, _ATTEMPTS_SQL, attempts)
-        execute_values(cursor.cursor, _RECORD_SQL, rows, template=_RECORD_TEMPLATE)
+            rows.append(cursor.mogrify(_OUTCOME_ROW, row))
+        cte = _ATTEMPTS_CTE.format(rows=b",".join(attempts).decode()) if attempts else ""
+        cursor.execute(_RECORD_SQL.format(attempts=cte, outcomes=b",".join(rows).decode()))

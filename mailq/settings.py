@@ -193,7 +193,11 @@ MAILQ_SWEEP_BATCH = env_int("MAILQ_SWEEP_BATCH", 500)
 # Message ids carried by one task when a batch is accepted.
 MAILQ_TASK_BATCH_SIZE = env_int("MAILQ_TASK_BATCH_SIZE", 50)
 # Outcomes are written every this many sends: the most a worker crash can make us send twice.
-MAILQ_RECORD_EVERY = env_int("MAILQ_RECORD_EVERY", 10)
+# 5 costs what 10 did before recording became one statement; 1 costs ~0.15 ms more worker CPU
+# and ~0.6 ms more per message (docs/delivery-guarantees.md).
+MAILQ_RECORD_EVERY = env_int("MAILQ_RECORD_EVERY", 5)
+if MAILQ_RECORD_EVERY < 1:
+    raise ImproperlyConfigured(f"MAILQ_RECORD_EVERY must be at least 1, got {MAILQ_RECORD_EVERY}")
 MAILQ_BATCH_MAX_ITEMS = 500
 MAILQ_MAX_RECIPIENTS = env_int("MAILQ_MAX_RECIPIENTS", 50)
 MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"

@@ -157,3 +157,20 @@ def test_an_outcome_is_not_recorded_over_a_newer_claim(alice, providers):
     stale = sending.Outcome(claimed, Status.FAILED, timezone.now(), error="stale")
     sending._record([stale])
     assert reload(message).status == Status.SENDING
+
+
+def test_a_stopping_worker_records_its_sends_and_hands_back_the_rest_of_its_batch(
+    alice, providers
+):
+    messages = accepted(alice.customer, count=5)
+    ids = [str(m.id) for m in messages]
+
+    report = sending.deliver(ids, stopping=lambda: len(providers.received) >= 2)
+
+    assert report.counts == {"sent": 2}
+    queued = Message.objects.filter(status=Status.QUEUED)
+    assert sorted(report.handed_back) == sorted((str(m.id), m.queue) for m in queued)
+    assert Message.objects.filter(status=Status.SENT).count() == 2 and queued.count() == 3
+    # Not attempted: the claim is undone, and the sweeper would republish it if need be.
+    assert {(m.attempts, m.published_at) for m in queued} == {(0, None)}
+    assert sending.deliver(ids).counts == {"sent": 3}
