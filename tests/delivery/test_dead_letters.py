@@ -191,3 +191,29 @@ def test_a_message_retried_until_dead_is_redriven_and_then_sent_exactly_once(
     assert message.attempts == 1
     assert [a.succeeded for a in message.delivery_attempts.all()] == [False, False, False, True]
     print(f"accepted 1, sent {len(smtp_sink.by_message_id())}, duplicates 0 (after 3 attempts)")
+
+
+@pytest.mark.e2e
+def test_a_poison_message_fails_at_once_is_never_retried_and_spares_the_rest_of_its_batch(
+    alice, start_worker, smtp_sink
+):
+    messages = accepted(alice.customer, count=50)  # published as two batch tasks (5 + 45)
+    poison = messages[20]
+    # Accepted while valid; then its data no longer fills the template (render fails for good).
+    Message.objects.filter(pk=poison.pk).update(data={})
+    start_worker()
+
+    assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 49)
+    for _ in range(3):  # a retry would be released by a sweep: there is none to release
+        sweeper.sweep()
+    assert not wait_until(lambda: len(smtp_sink.received) > 49, timeout=1)
+    poison = Message.objects.get(pk=poison.pk)
+    assert poison.status == Status.FAILED and "name" in poison.last_error
+    assert poison.attempts == 1 and poison.release_at is None
+    [attempt] = poison.delivery_attempts.all()
+    assert attempt.provider == "render" and attempt.permanent
+    total, sent, duplicates = smtp_sink.tally(messages)
+    line = f"accepted {total}, sent {sent}, failed 1 (the poison), duplicates {duplicates}"
+    print(line)
+    assert (total, sent, duplicates) == (50, 49, 0), line
+    assert str(poison.pk) not in smtp_sink.by_message_id()
