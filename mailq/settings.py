@@ -246,6 +246,16 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = MAILQ_MAINTENANCE_QUEUE
+# Classic durable queues on a single RabbitMQ node; quorum queues (replicated by Raft) on a
+# cluster. mailq uses nothing quorum queues lack (priorities, ETA, global QoS, --autoscale).
+# A queue declared with the other type is replaced at worker start (delivery/queues.py).
+MAILQ_QUEUE_TYPE = env_str("MAILQ_QUEUE_TYPE", "classic")
+if MAILQ_QUEUE_TYPE not in ("classic", "quorum"):
+    raise ImproperlyConfigured(
+        f"MAILQ_QUEUE_TYPE must be 'classic' or 'quorum', got {MAILQ_QUEUE_TYPE!r}"
+    )
+CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = MAILQ_QUEUE_TYPE
+CELERY_TASK_DEFAULT_QUEUE_TYPE = MAILQ_QUEUE_TYPE
 CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 # At-least-once: ack after the task ran, requeue when the worker process dies mid-task.
 # The send ledger (a conditional UPDATE on the message row) makes the second delivery harmless.

@@ -34,6 +34,7 @@ class PrivateRabbitMQ:
         self.name = f"mailqtest{os.getpid()}x{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         self.proc: subprocess.Popen | None = None
+        self.queue_type = "classic"  # of the queues the test declares on it
         (base / "enabled_plugins").write_text("[].\n")
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
         (base / "rabbitmq-env.conf").write_text("")
@@ -91,6 +92,20 @@ class PrivateRabbitMQ:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def queue_types(self) -> dict[str, str]:
+        """Queue name -> type (classic, quorum), as the node itself reports them."""
+        ctl = str(Path(SERVER).with_name("rabbitmqctl"))
+        out = subprocess.run(
+            [ctl, "-n", self.name, "list_queues", "-q", "name", "type"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        rows = [line.split("\t") for line in out.stdout.splitlines()[1:]]
+        return {row[0]: row[1] for row in rows if len(row) == 2}
 
     def output(self) -> str:
         path = self.base / "server.out"
