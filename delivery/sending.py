@@ -1,8 +1,8 @@
 """Worker side: claim -> render -> provider chain -> record.
 
-Three short database round trips per task, however many messages it carries: one claim
-(the send ledger), one bulk insert of attempts, one bulk update of outcomes. No transaction
-is held open while a provider is called.
+Short database round trips: one claim per task (the send ledger), then one statement per
+MAILQ_RECORD_EVERY sends that inserts their attempts and updates their outcomes. No
+transaction is held open while a provider is called.
 """
 
 import logging
