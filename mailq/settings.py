@@ -186,6 +186,9 @@ MAILQ_RETRY_MAX_SECONDS = env_float("MAILQ_RETRY_MAX_SECONDS", 600.0)
 MAILQ_SMTP_TIMEOUT_SECONDS = env_float("MAILQ_SMTP_TIMEOUT_SECONDS", 10.0)
 # A queued message never confirmed as published is re-published after this long.
 MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = env_float("MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS", 10.0)
+# A queued message published this long ago and never claimed lost its task in the broker; it is
+# published again (fair mode, where the broker holds only what is about to be sent).
+MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS = env_float("MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS", 900.0)
 # A message left in `sending` this long belongs to a worker that died; it is sent again.
 MAILQ_SENDING_LEASE_SECONDS = env_float("MAILQ_SENDING_LEASE_SECONDS", 120.0)
 MAILQ_SWEEP_INTERVAL_SECONDS = env_float("MAILQ_SWEEP_INTERVAL_SECONDS", 2.0)

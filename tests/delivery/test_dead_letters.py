@@ -76,6 +76,20 @@ def test_a_redriven_message_waits_within_its_customers_cap(transactional_db, ali
     assert Message.objects.get(pk=dead.pk).status == Status.QUEUED
 
 
+def test_in_fifo_mode_a_redriven_message_is_queued_and_published_at_once(
+    transactional_db, alice, broker, settings
+):
+    settings.MAILQ_ROUTING = "fifo"
+    Customer.objects.filter(pk=alice.customer.pk).update(inflight_cap=1)
+    dead, _ = accepted(alice.customer, count=2)  # fifo has no caps: queued at once anyway
+    give_up(dead)
+
+    response = redrive(alice.client, dead.pk)
+
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert Message.objects.get(pk=dead.pk).published_at is not None
+
+
 @pytest.mark.parametrize(
     "status",
     [s for s in Status if s not in (Status.DEAD, Status.FAILED)],

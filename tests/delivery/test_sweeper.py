@@ -146,3 +146,23 @@ def test_a_publish_made_but_not_recorded_is_published_twice_and_sent_once(
     assert not wait_until(lambda: len(smtp_sink.received) > 60, timeout=1)
     line = smtp_sink.report(messages)
     assert smtp_sink.tally(messages) == (60, 60, 0), line
+
+
+def test_a_task_the_broker_lost_after_confirming_it_is_published_again(
+    alice, start_worker, smtp_sink, settings
+):
+    """A queue purged by hand, or a broker disk lost: the row still says `queued`."""
+    messages = accepted(alice.customer, count=20)  # published and confirmed, no worker yet
+    with app.connection_for_write() as conn:
+        for name in {m.queue for m in messages}:
+            conn.channel().queue_purge(name)
+    start_worker()
+    assert not wait_until(lambda: smtp_sink.received, timeout=0.5)
+
+    assert sweeper.republish_stale() == 0  # not yet stale: it may still be on its way
+    settings.MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS = 0
+    assert sweeper.republish_stale() == 20
+    smtp_sink.wait_for(20)
+    assert wait_until(lambda: statuses().count(Status.SENT) == 20)
+    line = smtp_sink.report(messages)
+    assert smtp_sink.tally(messages) == (20, 20, 0), line
