@@ -265,6 +265,9 @@ CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A task running when the broker connection drops cannot be acked and comes back anyway:
+# Celery cancels it with SIGTERM, which a delivery turns into "record the sends made, hand
+# back the rest" (delivery/tasks.py), so it neither sends twice nor leaves `sending` behind.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("MAILQ_TASK_EVENTS", True)
 CELERY_TASK_SEND_SENT_EVENT = False
