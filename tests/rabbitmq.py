@@ -35,6 +35,7 @@ class PrivateRabbitMQ:
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         self.proc: subprocess.Popen | None = None
         self.queue_type = "classic"  # of the queues the test declares on it
+        self.crash = False  # how the test restarts it
         (base / "enabled_plugins").write_text("[].\n")
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
         (base / "rabbitmq-env.conf").write_text("")
@@ -89,7 +90,10 @@ class PrivateRabbitMQ:
         self.proc.wait(5)
         self.proc = None
 
-    def restart(self) -> None:
+    def restart(self, crash: bool = False) -> None:
+        """Stop and start again on the same data; `crash`: SIGKILL, as a power cut would."""
+        if crash and self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
         self.stop()
         self.start()
 

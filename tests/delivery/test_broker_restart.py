@@ -32,11 +32,15 @@ def _use_broker(url: str, queue_type: str) -> None:
         app.amqp.__dict__.pop(cached, None)
 
 
-@pytest.fixture(params=["classic", "quorum"])
+@pytest.fixture(
+    params=[("classic", False), ("quorum", False), ("classic", True)],
+    ids=["classic", "quorum", "classic-kill-9"],
+)
 def private_broker(request, tmp_path, settings) -> Iterator[PrivateRabbitMQ]:
-    """A RabbitMQ node of this test's own, its queues of the type MAILQ_QUEUE_TYPE names."""
+    """A RabbitMQ node of this test's own, its queues of the type MAILQ_QUEUE_TYPE names;
+    restarted gracefully, or killed with SIGKILL and started again."""
     node = PrivateRabbitMQ(tmp_path)
-    node.queue_type = request.param
+    node.queue_type, node.crash = request.param
     shared = (app.conf.broker_url, app.conf.task_create_missing_queue_type)
     try:
         node.start()
@@ -92,7 +96,7 @@ def test_rabbitmq_restarted_while_accepting_and_sending_loses_nothing_and_sends_
     try:
         assert wait_until(lambda: len(smtp_sink.received) >= 30, timeout=20)
         started = time.monotonic()
-        private_broker.restart()  # graceful stop, then start on the same data
+        private_broker.restart(crash=private_broker.crash)  # then start on the same data
         restarted_in = time.monotonic() - started
         time.sleep(1)  # accept and send a little more after it is back
     finally:
