@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 
+from billiard.process import current_process
 from celery import shared_task
 from celery.signals import worker_process_shutdown
 
@@ -67,8 +68,10 @@ def _catch_sigterm() -> None:
     """Route SIGTERM through `_on_sigterm`. Done at the first task, not at process start:
     billiard installs its own handler after Celery's worker_process_init."""
     global _previous_sigterm_handler
-    if threading.current_thread() is not threading.main_thread():
-        return  # a thread pool: signals reach the main thread only
+    if current_process().name == "MainProcess" or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        return  # not a prefork pool process: Celery's own warm shutdown handles SIGTERM
     current = signal.getsignal(signal.SIGTERM)
     if current is not _on_sigterm:
         _previous_sigterm_handler = current
