@@ -1,11 +1,13 @@
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
+from django.utils import timezone
+from django.utils.text import Truncator
 
 from customers.admin import CustomerAdmin
 from customers.models import Customer
 from delivery import breaker, routing, status_page
-from delivery.models import DeliveryAttempt, Message, Status
+from delivery.models import REDRIVABLE, DeadLetter, DeliveryAttempt, Message, Status
 
 # The admin index links to the delivery dashboard (delivery/operators.py).
 admin.site.index_template = "admin/mailq_index.html"
@@ -40,6 +42,36 @@ class MessageAdmin(admin.ModelAdmin):
         # Read-only: the breakers open and close by themselves (delivery/breaker.py).
         extra_context = {**(extra_context or {}), "breakers": breaker.snapshot()}
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(MessageAdmin):
+    """Messages given up on, with why; an operator sends them again or cancels them for good."""
+
+    list_display = ["id", "customer", "status", "reason", "attempts", "accepted_at", "finished_at"]
+    list_filter = ["status", "customer__tier"]
+    date_hierarchy = "finished_at"
+    actions = ["redrive_selected", "cancel_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(status__in=REDRIVABLE)
+
+    @admin.display(description="reason", ordering="last_error")
+    def reason(self, message: Message) -> str:
+        return Truncator(message.last_error).chars(120)
+
+    @admin.action(description="Redrive selected (send again, fresh attempts)")
+    def redrive_selected(self, request, queryset) -> None:
+        # routing decides when each goes: within its customer's fair-share cap.
+        redriven = routing.redrive(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Redriven {len(redriven)} message(s).")
+
+    @admin.action(description="Cancel selected (never send)")
+    def cancel_selected(self, request, queryset) -> None:
+        count = queryset.filter(status__in=REDRIVABLE).update(
+            status=Status.CANCELLED, finished_at=timezone.now()
+        )
+        self.message_user(request, f"Cancelled {count} message(s).")
 
 
 # --- fair-share controls on the customer admin ------------------------------------------------

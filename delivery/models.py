@@ -26,6 +26,8 @@ class Status(models.TextChoices):
 
 
 CANCELLABLE = (Status.DEFERRED, Status.QUEUED, Status.RETRYING)
+# Dead letters: given up on. An operator (admin) or the customer (API) may send them again.
+REDRIVABLE = (Status.DEAD, Status.FAILED)
 FINAL = (Status.SENT, Status.FAILED, Status.DEAD, Status.CANCELLED)
 
 _CLAIM_SQL = """
@@ -134,6 +136,12 @@ class Message(models.Model):
                 condition=models.Q(status__in=["dead", "failed"]),
                 name="message_dead_letters_by_queue",
             ),
+            # The admin's dead-letter list: few rows, newest first.
+            models.Index(
+                fields=["-accepted_at"],
+                condition=models.Q(status__in=["dead", "failed"]),
+                name="message_dead_letters",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -149,6 +157,14 @@ class Message(models.Model):
 # The provider name of the attempt that records a template that could not render (no provider
 # was called; metrics leave it out of provider figures).
 RENDER_PROVIDER = "render"
+
+
+class DeadLetter(Message):
+    """The admin's dead-letter view: messages given up on (`dead` or `failed`)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
 
 
 class DeliveryAttempt(models.Model):

@@ -27,7 +27,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from customers.models import Customer
-from delivery.models import Message, Status
+from delivery.models import REDRIVABLE, Message, Status
 from delivery.queues import express_queue
 from mailq.celery import app
 
@@ -285,3 +285,44 @@ def release_due() -> int:
     else:
         publish(rows)
     return len(rows)
+
+
+# --- redriving dead letters -----------------------------------------------------------------
+
+# A fresh set of attempts (the attempt rows stay: they are the history), into the customer's
+# current tier queue. Fair mode: the message joins its customer's backlog and is released within
+# its cap, like any other; fifo: queued and published at once. The status condition makes a
+# redrive race-free: of two operators redriving the same message, one wins.
+_REDRIVE_SQL = """
+    UPDATE delivery_message m
+       SET status = %(status)s, attempts = 0, last_error = '', provider = '',
+           release_at = NULL, sending_at = NULL, finished_at = NULL,
+           queued_at = %(queued_at)s, published_at = NULL, queue = t.queue
+      FROM customers_customer c JOIN customers_tier t ON t.id = c.tier_id
+     WHERE m.id = ANY(%(ids)s::uuid[]) AND m.status = ANY(%(redrivable)s)
+       AND c.id = m.customer_id
+ RETURNING m.id::text, m.queue, m.customer_id
+"""
+
+
+def redrive(message_ids: Iterable[str]) -> list[str]:
+    """Send dead or failed messages again; returns the ids that were dead or failed (others are
+    left alone). The admin's redrive action and `POST /v1/messages/{id}/redrive` both call this."""
+    params = {
+        "ids": [str(i) for i in message_ids],
+        "redrivable": [s.value for s in REDRIVABLE],
+    }
+    if fair():
+        params |= {"status": Status.DEFERRED.value, "queued_at": None}
+    else:
+        params |= {"status": Status.QUEUED.value, "queued_at": timezone.now()}
+    with connection.cursor() as cursor:
+        cursor.execute(_REDRIVE_SQL, params)
+        rows = cursor.fetchall()
+    # After the commit (at once outside a transaction), so no task points at an uncommitted row.
+    if fair():
+        customer_ids = {row[2] for row in rows}
+        transaction.on_commit(lambda: refill(customer_ids))
+    else:
+        transaction.on_commit(lambda: publish(rows))
+    return [row[0] for row in rows]

@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -92,10 +93,21 @@ class Report:
 
     counts: dict[str, int] = field(default_factory=dict)
     customer_ids: set[int] = field(default_factory=set)
+    # Claimed but not sent because the worker is stopping: queued again, to publish as
+    # (id, queue, customer id).
+    handed_back: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-def deliver(message_ids: list[str]) -> Report:
-    """Deliver the messages among `message_ids` that are still queued. Safe to run twice."""
+def _never() -> bool:
+    return False
+
+
+def deliver(message_ids: list[str], stopping: Callable[[], bool] = _never) -> Report:
+    """Deliver the messages among `message_ids` that are still queued. Safe to run twice.
+
+    `stopping` is asked before each send; once it is true (the worker is shutting down), the
+    sends made are recorded and the rest of the batch is handed back as `queued`.
+    """
     messages = Message.objects.claim(message_ids)
     report = Report()
     if not messages:
@@ -105,7 +117,11 @@ def deliver(message_ids: list[str]) -> Report:
     # a dead provider costs one timeout per task, not one per message.
     down: set[str] = set()
     pending: list[Outcome] = []
-    for message in messages:
+    unsent: list[Message] = []
+    for index, message in enumerate(messages):
+        if stopping():
+            unsent = messages[index:]
+            break
         outcome = _deliver_one(message, down)
         pending.append(outcome)
         report.counts[outcome.status] = report.counts.get(outcome.status, 0) + 1
@@ -117,7 +133,26 @@ def deliver(message_ids: list[str]) -> Report:
             pending = []
     if pending:
         _record(pending)
+    if unsent:
+        report.handed_back = _hand_back(unsent)
     return report
+
+
+# Not attempted, so the claim is undone (attempts too) and the message is published again.
+_HAND_BACK_SQL = """
+    UPDATE delivery_message
+       SET status = 'queued', attempts = attempts - 1, sending_at = NULL,
+           queued_at = %s, published_at = NULL
+     WHERE id = ANY(%s::uuid[]) AND status = 'sending' AND sending_at = %s
+ RETURNING id::text, queue, customer_id
+"""
+
+
+def _hand_back(messages: list[Message]) -> list[tuple[str, str, int]]:
+    ids = [str(m.id) for m in messages]
+    with connection.cursor() as cursor:
+        cursor.execute(_HAND_BACK_SQL, [timezone.now(), ids, messages[0].sending_at])
+        return cursor.fetchall()
 
 
 def _load_versions(version_ids: set[int]) -> None:

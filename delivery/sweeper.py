@@ -13,12 +13,23 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery import routing, stats
+from delivery.models import Message
 
 # Queued a while ago, never confirmed by the broker: the publish was lost.
 _UNPUBLISHED_SQL = """
     SELECT id::text, queue, customer_id FROM delivery_message
      WHERE status = 'queued' AND published_at IS NULL AND queued_at < %s
      ORDER BY queued_at
+     LIMIT %s
+"""
+
+# Queued and published long ago, never claimed: the task is gone from the broker (a lost disk,
+# a queue purged by hand). Fair mode only: there the broker holds at most the customers' caps,
+# so nothing waits this long in it unless lost, and the scan (on the in-flight partial index)
+# stays small. In fifo a backlog may legitimately wait for hours.
+_STALE_SQL = """
+    SELECT id::text, queue, customer_id FROM delivery_message
+     WHERE status = 'queued' AND published_at < %s
      LIMIT %s
 """
 
@@ -45,6 +56,21 @@ def republish_unpublished() -> int:
     return routing.publish(rows)
 
 
+def republish_stale() -> int:
+    """Publish again the queued messages whose task the broker lost. A task that was only slow
+    is harmless twice: the claim lets one delivery through."""
+    if not routing.fair():
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=settings.MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(_STALE_SQL, [cutoff, settings.MAILQ_SWEEP_BATCH])
+        rows = cursor.fetchall()
+    if rows:
+        # publish() sets published_at only where it is NULL: clear it, so the new publish counts.
+        Message.objects.filter(id__in=[r[0] for r in rows]).update(published_at=None)
+    return routing.publish(rows)
+
+
 def reclaim_expired_leases() -> int:
     """Messages claimed by a worker that died mid-send. They may be sent twice (documented)."""
     now = timezone.now()
@@ -64,6 +90,7 @@ def sweep() -> dict[str, int]:
     """One pass of every repair; each step is bounded by MAILQ_SWEEP_BATCH."""
     return {
         "republished": republish_unpublished(),
+        "stale": republish_stale(),
         "due": routing.release_due(),
         "reclaimed": reclaim_expired_leases(),
         "reconciled": routing.reconcile(),

@@ -143,6 +143,20 @@ class Sink:
             counts[email["X-Mailq-Message-Id"]] = counts.get(email["X-Mailq-Message-Id"], 0) + 1
         return counts
 
+    def tally(self, accepted: list) -> tuple[int, int, int]:
+        """(accepted, sent: distinct accepted messages received, duplicates: extra copies)."""
+        counts = self.by_message_id()
+        ids = {str(m.id) for m in accepted}
+        sent = sum(1 for message_id in counts if message_id in ids)
+        return len(ids), sent, sum(n - 1 for n in counts.values())
+
+    def report(self, accepted: list) -> str:
+        """The fault-injection tests' line: "accepted N, sent N, duplicates 0"."""
+        total, sent, duplicates = self.tally(accepted)
+        line = f"accepted {total}, sent {sent}, duplicates {duplicates}"
+        print(line)
+        return line
+
 
 @pytest.fixture
 def smtp_sink() -> Iterator[Sink]:

@@ -7,4 +7,9 @@ urlpatterns = [
     path("messages/batch", views.BatchView.as_view(), name="messages-batch"),
     path("messages/<uuid:message_id>", views.MessageDetailView.as_view(), name="message-detail"),
     path("stats", views.StatsView.as_view(), name="stats"),
+    path(
+        "messages/<uuid:message_id>/redrive",
+        views.MessageRedriveView.as_view(),
+        name="message-redrive",
+    ),
 ]

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from delivery import intake, stats
+from delivery import intake, routing, stats
 from delivery.api.serializers import (
     AcceptedSerializer,
     AttemptSerializer,
@@ -22,8 +22,15 @@ from delivery.api.serializers import (
     StatsFilterSerializer,
     StatsSerializer,
 )
-from delivery.models import Message
-from mailq.errors import ApiError, UnknownTemplate, Unprocessable, error_body, flatten_detail
+from delivery.models import REDRIVABLE, Message
+from mailq.errors import (
+    ApiError,
+    Conflict,
+    UnknownTemplate,
+    Unprocessable,
+    error_body,
+    flatten_detail,
+)
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -32,6 +39,10 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     required=False,
     description="Same key and same body: the same message, sent once.",
 )
+
+
+class NotRedrivable(Conflict):
+    code = "not_redrivable"
 
 
 def _accepted(message: Message) -> dict:
@@ -135,16 +146,18 @@ class BatchView(APIView):
         )
 
 
-class MessageDetailView(APIView):
-    def _get(self, request: Request, message_id) -> Message:
-        return get_object_or_404(
-            Message.objects.owned_by(request.user).select_related("template_version__template"),
-            pk=message_id,
-        )
+def _owned(request: Request, message_id) -> Message:
+    """The caller's message; another customer's id is a 404, as is an unknown one."""
+    return get_object_or_404(
+        Message.objects.owned_by(request.user).select_related("template_version__template"),
+        pk=message_id,
+    )
 
+
+class MessageDetailView(APIView):
     @extend_schema(responses={200: MessageSerializer}, operation_id="get_message")
     def get(self, request: Request, message_id) -> Response:
-        message = self._get(request, message_id)
+        message = _owned(request, message_id)
         body = MessageSerializer(message).data
         body["delivery_attempts"] = AttemptSerializer(
             message.delivery_attempts.all(), many=True
@@ -153,7 +166,7 @@ class MessageDetailView(APIView):
 
     @extend_schema(responses={200: MessageSerializer}, operation_id="cancel_message")
     def delete(self, request: Request, message_id) -> Response:
-        message = self._get(request, message_id)
+        message = _owned(request, message_id)
         intake.cancel(message)
         return Response(MessageSerializer(message).data)
 
@@ -175,3 +188,23 @@ class StatsView(APIView):
                 f"No template {slug!r}.", {"template": [f"Unknown template {slug!r}."]}
             )
         return Response(StatsSerializer(stats.report(where, timezone.now())).data)
+
+
+class MessageRedriveView(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: MessageSerializer},
+        operation_id="redrive_message",
+        description="Send a `dead` or `failed` message again, with a fresh set of attempts.",
+    )
+    def post(self, request: Request, message_id) -> Response:
+        message = _owned(request, message_id)
+        if not routing.redrive([message.pk]):
+            message.refresh_from_db()
+            raise NotRedrivable(
+                f"The message is {message.status}; only {' or '.join(REDRIVABLE)} messages "
+                "can be redriven.",
+                {"status": [message.status]},
+            )
+        message.refresh_from_db()
+        return Response(MessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)

@@ -174,3 +174,20 @@ def test_each_thread_keeps_its_own_provider_connections(settings, smtp_sink):
     sending.close_providers()
     assert sending.provider_chain() is not mine  # rebuilt after a close
     sending.close_providers()
+
+
+def test_a_stopping_worker_records_its_sends_and_hands_back_the_rest_of_its_batch(
+    alice, providers
+):
+    messages = accepted(alice.customer, count=5)
+    ids = [str(m.id) for m in messages]
+
+    report = sending.deliver(ids, stopping=lambda: len(providers.received) >= 2)
+
+    assert report.counts == {"sent": 2}
+    queued = Message.objects.filter(status=Status.QUEUED)
+    assert sorted(report.handed_back) == sorted((str(m.id), m.queue, m.customer_id) for m in queued)
+    assert Message.objects.filter(status=Status.SENT).count() == 2 and queued.count() == 3
+    # Not attempted: the claim is undone, and the sweeper would republish it if need be.
+    assert {(m.attempts, m.published_at) for m in queued} == {(0, None)}
+    assert sending.deliver(ids).counts == {"sent": 3}

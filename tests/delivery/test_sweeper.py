@@ -102,3 +102,67 @@ def test_the_sweep_task_runs_on_the_maintenance_worker(alice, start_worker, smtp
     app.send_task("delivery.tasks.sweep", queue=settings.MAILQ_MAINTENANCE_QUEUE)
     assert len(smtp_sink.wait_for(2)) == 2
     assert wait_until(lambda: statuses() == [Status.SENT])
+
+
+def test_a_batch_whose_publish_broke_after_the_commit_is_recovered_by_the_sweeper(
+    alice, worker, smtp_sink, monkeypatch, settings
+):
+    def broker_away(*args, **kwargs):
+        raise OperationalError("connection refused (injected)")
+
+    items = [
+        {"template": "welcome", "to": "ana@example.com", "data": {"name": f"N{i}"}}
+        for i in range(100)
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(app, "send_task", broker_away)
+        response = alice.client.post("/v1/messages/batch", {"messages": items}, format="json")
+    assert response.status_code == 202 and response.json()["accepted"] == 100
+    messages = list(Message.objects.all())
+    assert {(m.status, m.published_at) for m in messages} == {(Status.QUEUED, None)}
+    assert not wait_until(lambda: smtp_sink.received, timeout=0.5)
+
+    settings.MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = 0
+    assert sweeper.republish_unpublished() == 100
+    smtp_sink.wait_for(100)
+    assert wait_until(lambda: statuses().count(Status.SENT) == 100)
+    line = smtp_sink.report(messages)
+    assert smtp_sink.tally(messages) == (100, 100, 0), line
+
+
+def test_a_publish_made_but_not_recorded_is_published_twice_and_sent_once(
+    alice, start_worker, smtp_sink, settings
+):
+    """The web process died after the broker confirmed, before it wrote published_at: the
+    sweeper publishes again, and the claim lets only one of the two tasks send."""
+    messages = accepted(alice.customer, count=60)  # published: the tasks wait in the queue
+    Message.objects.update(published_at=None)
+    settings.MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = 0
+    assert sweeper.republish_unpublished() == 60  # a second task for every message
+
+    start_worker()
+    smtp_sink.wait_for(60)
+    assert wait_until(lambda: statuses().count(Status.SENT) == 60)
+    assert not wait_until(lambda: len(smtp_sink.received) > 60, timeout=1)
+    line = smtp_sink.report(messages)
+    assert smtp_sink.tally(messages) == (60, 60, 0), line
+
+
+def test_a_task_the_broker_lost_after_confirming_it_is_published_again(
+    alice, start_worker, smtp_sink, settings
+):
+    """A queue purged by hand, or a broker disk lost: the row still says `queued`."""
+    messages = accepted(alice.customer, count=20)  # published and confirmed, no worker yet
+    with app.connection_for_write() as conn:
+        for name in {m.queue for m in messages}:
+            conn.channel().queue_purge(name)
+    start_worker()
+    assert not wait_until(lambda: smtp_sink.received, timeout=0.5)
+
+    assert sweeper.republish_stale() == 0  # not yet stale: it may still be on its way
+    settings.MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS = 0
+    assert sweeper.republish_stale() == 20
+    smtp_sink.wait_for(20)
+    assert wait_until(lambda: statuses().count(Status.SENT) == 20)
+    line = smtp_sink.report(messages)
+    assert smtp_sink.tally(messages) == (20, 20, 0), line
