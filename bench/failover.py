@@ -35,11 +35,12 @@ from stack import (
     ROOT,
     Client,
     Stack,
+    create_customers,
     ensure_tools,
     free_port,
-    manage,
     reset_database,
     reset_vhost,
+    stack_env,
     wait_until,
 )
 
@@ -49,16 +50,6 @@ from tests.fake_esp import ERROR, OK, SLOW, FakeEsp
 DB = VHOST = "mailq_bench_failover"
 REDIS_DB, TIER = 6, "standard"
 MODES = {"error": ERROR, "slow": SLOW}
-
-SETUP = """
-import json
-from customers.models import Customer, Tier
-from templates.models import EmailTemplate
-customer = Customer.objects.create(name="steady", tier=Tier.objects.get(name="{tier}"))
-template = EmailTemplate.objects.create(customer=customer, slug="note")
-template.add_version("Note for {{{{ name }}}}", "<p>Hi {{{{ name }}}}</p>", "Hi {{{{ name }}}}")
-print(json.dumps(customer.issue_key()[1]))
-"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,37 +82,24 @@ class Run:
         sink_port, web_port = free_port(), free_port()
         with FakeEsp("postmark", delay=self.args.timeout * 3) as fake:
             primary = fake.provider_url(timeout=self.args.timeout)
-            env = os.environ | {
-                "DATABASE_URL": f"{PG}/{DB}",
-                "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
-                "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-                "MAILQ_PROVIDERS": f"{primary},smtp://127.0.0.1:{sink_port}",
-                "MAILQ_BREAKER_FAIL_MAX": str(self.args.fail_max),
-                "MAILQ_BREAKER_RESET_SECONDS": str(self.args.reset),
-                "MAILQ_TASK_EVENTS": "0",
-                "MAILQ_THROTTLING": "0",  # measured elsewhere; here it would only cap the load
-                "DJANGO_SETTINGS_MODULE": "mailq.settings",
-                "PYTHONUNBUFFERED": "1",
-            }
+            env = stack_env(
+                DB,
+                VHOST,
+                REDIS_DB,
+                f"{primary},smtp://127.0.0.1:{sink_port}",
+                MAILQ_BREAKER_FAIL_MAX=str(self.args.fail_max),
+                MAILQ_BREAKER_RESET_SECONDS=str(self.args.reset),
+            )
             with open(self.log_dir / "setup.log", "w") as log:
                 reset_vhost(VHOST)
                 reset_database(DB, env, log)
                 redis.Redis(db=REDIS_DB).flushdb()
-                out = manage(env, log, "shell", "-c", SETUP.format(tier=TIER))
-                key = json.loads(out.split()[-1])
+                key = create_customers(env, log, TIER, ["steady"])["steady"]
             stack = Stack(env, self.log_dir)
             db = psycopg2.connect(f"{PG}/{DB}")
             db.autocommit = True
             try:
-                stack.start_sink(sink_port)
-                stack.start_web(web_port, 2, access_log=False)
-                stack.start_workers(TIER, 0, "WARNING")
-                for pool in ("express", "maintenance"):
-                    argv = [sys.executable, "manage.py", "run_worker", pool]
-                    stack.start(pool, [*argv, "--loglevel", "WARNING"])
-                beat = [sys.executable, "-m", "celery", "-A", "mailq", "beat", "--loglevel"]
-                stack.start("beat", [*beat, "WARNING", "--schedule", str(self.log_dir / "beat")])
-                time.sleep(5)  # workers connect and declare their queues
+                stack.start_mailq(TIER, sink_port, web_port)
                 return self._measure(db, stack, fake, Client(web_port, key))
             finally:
                 self.stop.set()

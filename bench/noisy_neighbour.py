@@ -37,11 +37,12 @@ from stack import (
     Client,
     Stack,
     cpu_snapshot,
+    create_customers,
     ensure_tools,
     free_port,
-    manage,
     reset_database,
     reset_vhost,
+    stack_env,
     wait_until,
 )
 
@@ -49,20 +50,6 @@ from stack import (
 # run may be going on at the same time.
 DB, VHOST, REDIS_DB, TIER = "mailq_noisy", "mailq_noisy", "7", "standard"
 SLICE_SECONDS = 20
-
-SETUP = """
-import json
-from customers.models import Customer, Tier
-from templates.models import EmailTemplate
-tier = Tier.objects.get(name="{tier}")
-keys = {{}}
-for name in {names!r}:
-    customer = Customer.objects.create(name=name, tier=tier)
-    template = EmailTemplate.objects.create(customer=customer, slug="note")
-    template.add_version("Note for {{{{ name }}}}", "<p>Hi {{{{ name }}}}</p>", "Hi {{{{ name }}}}")
-    keys[name] = customer.issue_key()[1]
-print(json.dumps(keys))
-"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,56 +94,20 @@ class Scenario:
 
     def run(self) -> dict:
         sink_port, web_port = free_port(), free_port()
-        env = os.environ | {
-            "DATABASE_URL": f"{PG}/{DB}",
-            "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
-            "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-            "MAILQ_PROVIDERS": f"smtp://127.0.0.1:{sink_port}",
-            "MAILQ_ROUTING": self.mode,
-            "MAILQ_TASK_EVENTS": "0",
-            # Throttling is measured by bench/throttle_overhead.py; here it would only cap the load.
-            "MAILQ_THROTTLING": "0",
-            "DJANGO_SETTINGS_MODULE": "mailq.settings",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = stack_env(
+            DB, VHOST, REDIS_DB, f"smtp://127.0.0.1:{sink_port}", MAILQ_ROUTING=self.mode
+        )
         names = ["heavy"] + [f"quiet{i:02d}" for i in range(self.args.quiet)]
         with open(self.log_dir / "setup.log", "w") as log:
             reset_vhost(VHOST)
             reset_database(DB, env, log)
             subprocess.run(["redis-cli", "-n", REDIS_DB, "flushdb"], stdout=log, check=False)
-            code = SETUP.format(tier=TIER, names=names)
-            keys = json.loads(manage(env, log, "shell", "-c", code).strip().splitlines()[-1])
+            keys = create_customers(env, log, TIER, names)
         stack = Stack(env, self.log_dir)
         db = psycopg2.connect(f"{PG}/{DB}")
         db.autocommit = True
         try:
-            stack.start_sink(sink_port)
-            stack.start_web(web_port, 2, access_log=False)
-            stack.start_workers(TIER, 0, "WARNING")
-            stack.start(
-                "express",
-                [sys.executable, "manage.py", "run_worker", "express", "--loglevel", "WARNING"],
-            )
-            stack.start(
-                "maintenance",
-                [sys.executable, "manage.py", "run_worker", "maintenance", "--loglevel", "WARNING"],
-            )
-            stack.start(
-                "beat",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "mailq",
-                    "beat",
-                    "--loglevel",
-                    "WARNING",
-                    "--schedule",
-                    str(self.log_dir / "beat-schedule"),
-                ],
-            )
-            time.sleep(5)  # workers connect and declare their queues
+            stack.start_mailq(TIER, sink_port, web_port)
             before = cpu_snapshot(stack, DB)
             result = self._measure(db, web_port, keys)
             after = cpu_snapshot(stack, DB)

@@ -99,6 +99,43 @@ def queue_depth(vhost: str, queue: str) -> int | None:
     return info.get("messages") if isinstance(info, dict) else None
 
 
+def stack_env(database: str, vhost: str, redis_db: int | str, providers: str, **extra: str) -> dict:
+    """The environment of a bench stack: its own database, vhost and Redis db; task events and
+    throttling off (each has a benchmark of its own; here they would only cap the load)."""
+    return os.environ | {
+        "DATABASE_URL": f"{PG}/{database}",
+        "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "MAILQ_PROVIDERS": providers,
+        "MAILQ_TASK_EVENTS": "0",
+        "MAILQ_THROTTLING": "0",
+        "DJANGO_SETTINGS_MODULE": "mailq.settings",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+_CUSTOMERS = """
+import json
+from customers.models import Customer, Tier
+from templates.models import EmailTemplate
+tier = Tier.objects.get(name={tier!r})
+keys = {{}}
+for name in {names!r}:
+    customer = Customer.objects.create(name=name, tier=tier)
+    template = EmailTemplate.objects.create(customer=customer, slug="note")
+    template.add_version("Note for {{{{ name }}}}", "<p>Hi {{{{ name }}}}</p>", "Hi {{{{ name }}}}")
+    keys[name] = customer.issue_key()[1]
+print(json.dumps(keys))
+"""
+
+
+def create_customers(env: dict[str, str], log, tier: str, names: list[str]) -> dict[str, str]:
+    """Customers of `tier`, each with a `note` template ({{ name }}); returns name -> API key."""
+    out = manage(env, log, "shell", "-c", _CUSTOMERS.format(tier=tier, names=names))
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def reset_database(name: str, env: dict[str, str], log) -> None:
     """Drop and recreate the bench database (so runs do not grow it), then migrate it."""
     conn = psycopg2.connect(f"{PG}/postgres")
@@ -212,6 +249,20 @@ class Stack:
     def start_workers(self, pool: str, concurrency: int, loglevel: str) -> Proc:
         argv = [sys.executable, "manage.py", "run_worker", pool, "--loglevel", loglevel]
         return self.start("workers", [*argv, "--concurrency", str(concurrency)])
+
+    def start_mailq(self, tier: str, sink_port: int, web_port: int) -> None:
+        """What the Procfile runs for one tier, on loopback: smtp-sink (the provider), gunicorn
+        (2 processes), the tier's pool, the express lane, the maintenance worker and beat;
+        then a few seconds for the workers to connect and declare their queues."""
+        self.start_sink(sink_port)
+        self.start_web(web_port, 2, access_log=False)
+        self.start_workers(tier, 0, "WARNING")
+        for pool in ("express", "maintenance"):
+            argv = [sys.executable, "manage.py", "run_worker", pool, "--loglevel", "WARNING"]
+            self.start(pool, argv)
+        beat = [sys.executable, "-m", "celery", "-A", "mailq", "beat", "--loglevel", "WARNING"]
+        self.start("beat", [*beat, "--schedule", str(self.log_dir / "beat-schedule")])
+        time.sleep(5)
 
     def sink_count(self) -> int:
         """Messages smtp-sink accepted: its -c counter writes "... mesg=N\\r" per message."""

@@ -5,9 +5,7 @@ server on a free loopback port; `worker` is a real Celery worker process.
 """
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +24,7 @@ from delivery.queues import ensure
 from delivery.smtp_sink import SinkHandler, start
 from mailq.celery import app
 from tests.factories import CustomerFactory, queue, template, tier
+from tests.processes import ChildProcess
 
 pytest_plugins = ["tests.browser"]
 
@@ -212,65 +211,19 @@ def test_database_url() -> str:
 test_database_url.__test__ = False  # not a test, despite the name
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A real `celery worker` process on the test vhost and the test database."""
 
     def __init__(
         self, env: dict[str, str], queues: list[str], concurrency: int, pool: str = "prefork"
     ) -> None:
-        self.output: list[str] = []
-        self.ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "mailq",
-                "worker",
-                "-Q",
-                ",".join(queues),
-                "-c",
-                str(concurrency),
-                "--pool",
-                pool,
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
+        argv = [sys.executable, "-m", "celery", "-A", "mailq", "worker", "-Q", ",".join(queues)]
+        argv += ["-c", str(concurrency), "--pool", pool, "--without-gossip", "--without-mingle"]
+        argv += ["--loglevel", "INFO", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"]
+        super().__init__(argv, env, marker=" ready.")
         if not self.ready.wait(60):
             self.stop()
-            raise RuntimeError("worker did not start:\n" + "".join(self.output[-50:]))
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            if " ready." in line:
-                self.ready.set()
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish in-flight tasks
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            raise RuntimeError("worker did not start:\n" + self.tail())
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@ with the tier worker pools (real processes, started and stopped here)."""
 
 import base64
 import os
-import signal
-import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,6 +15,7 @@ from delivery.models import Message, Status
 from tests.browser import DESKTOP, screenshot
 from tests.conftest import free_port, test_database_url, wait_until
 from tests.factories import accepted, queue, tier
+from tests.processes import ChildProcess
 
 pytestmark = pytest.mark.browser
 
@@ -60,48 +58,12 @@ def test_the_admin_dashboard_shows_every_tier_and_refreshes_itself(
 # --- Flower ------------------------------------------------------------------------------------
 
 
-class Process:
-    """A real process of ours, in its own process group; `ready` once a line holds `marker`."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], marker: str | None) -> None:
-        self.output: list[str] = []
-        self.ready = threading.Event()
-        self.marker = marker
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            if self.marker and self.marker in line:
-                self.ready.set()
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown
-
-    def wait(self) -> None:
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-
 @pytest.fixture
-def processes() -> Iterator[Callable[..., Process]]:
-    started: list[Process] = []
+def processes() -> Iterator[Callable[..., ChildProcess]]:
+    started: list[ChildProcess] = []
 
-    def start(argv: list[str], env: dict[str, str], marker: str | None = None) -> Process:
-        started.append(Process(argv, env, marker))
+    def start(argv: list[str], env: dict[str, str], marker: str | None = None) -> ChildProcess:
+        started.append(ChildProcess(argv, env, marker))
         return started[-1]
 
     yield start

@@ -3,9 +3,7 @@ prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), as the Procfil
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +15,7 @@ from delivery.models import Message, Status
 from tests.conftest import free_port, test_database_url, wait_until
 from tests.delivery.scrape import parse, total
 from tests.factories import accepted
+from tests.processes import ChildProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -37,24 +36,10 @@ class Gunicorn:
         argv = [sys.executable, "-m", "gunicorn", "-c", "python:mailq.gunicorn_conf"]
         argv += ["mailq.wsgi", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
         argv += ["--worker-class", "gthread", "--threads", "1"]
-        self.output: list[str] = []
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.process = ChildProcess(argv, env)
         if not wait_until(self._healthy, timeout=30, interval=0.2):
             self.stop()
-            raise RuntimeError("gunicorn did not start:\n" + "".join(self.output[-40:]))
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
+            raise RuntimeError("gunicorn did not start:\n" + self.process.tail(40))
 
     def _healthy(self) -> bool:
         try:
@@ -72,17 +57,10 @@ class Gunicorn:
             return parse(response.read().decode())
 
     def workers(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
+        return self.process.children()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        self.process.stop()
 
 
 @pytest.fixture
