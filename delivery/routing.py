@@ -195,11 +195,16 @@ _REFILL_SQL = """
 """
 
 
-# Which of these customers have a backlog: one indexed probe (message_backlog) per customer.
+# Which of these customers have a backlog: one index probe (message_backlog) per customer.
+# LATERAL + LIMIT 1 keeps it a probe: written as EXISTS, the planner may merge-join the ids
+# with the whole backlog index, reading a bursting customer's 100,000 entries to answer for a
+# quiet customer whose id sorts after it (17 ms instead of 0.05 ms, on every finished task).
 _BACKLOGGED_SQL = """
     SELECT c.id FROM unnest(%s::bigint[]) AS c(id)
-     WHERE EXISTS (SELECT 1 FROM delivery_message
-                    WHERE customer_id = c.id AND status = 'deferred' AND release_at IS NULL)
+     CROSS JOIN LATERAL (
+         SELECT 1 FROM delivery_message
+          WHERE customer_id = c.id AND status = 'deferred' AND release_at IS NULL
+          LIMIT 1) AS backlog
      ORDER BY c.id
 """
 

@@ -229,6 +229,11 @@ MAILQ_MAINTENANCE_QUEUE = "mailq.maintenance"
 MAILQ_EXPRESS_INFLIGHT = env_int("MAILQ_EXPRESS_INFLIGHT", 5)
 # Threads of the express pool (worker_express): each holds its own provider connections.
 MAILQ_EXPRESS_CONCURRENCY = env_int("MAILQ_EXPRESS_CONCURRENCY", 4)
+MAILQ_EXPRESS_POOL = env_str("MAILQ_EXPRESS_POOL", "threads")
+if MAILQ_EXPRESS_POOL not in ("threads", "prefork"):
+    raise ImproperlyConfigured(
+        f"MAILQ_EXPRESS_POOL must be threads or prefork, not {MAILQ_EXPRESS_POOL!r}"
+    )
 # Tier pools run this much nicer than web and the express lane (0 = same priority).
 MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 5)
 

@@ -56,11 +56,10 @@ class Command(BaseCommand):
             "--without-mingle",
         ]
         if pool == EXPRESS:
-            # Threads, not prefork: a quiet customer's task then runs in the process that
-            # received it, with no hand-over through a pipe to a child process and back for
-            # the ack. On a saturated machine each such hop waits for a CPU; the work itself
-            # is I/O (PostgreSQL, SMTP), so the GIL costs little.
-            argv += ["--pool", "threads"]
+            # Threads by default, not prefork: a quiet customer's task then runs in the
+            # process that received it, with no hand-over through a pipe to a child process
+            # and back for the ack. The work itself is I/O (PostgreSQL, SMTP).
+            argv += ["--pool", settings.MAILQ_EXPRESS_POOL]
         for name in ensure(queue.split(",")):
             self.stderr.write(
                 f"replaced queue {name} (declared differently); its messages are republished"
