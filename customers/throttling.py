@@ -256,7 +256,7 @@ def take(
         f"{prefix}b:{cid}",
         f"{prefix}d:{cid}:{day.label}",
         f"{prefix}m:{cid}:{month.label}",
-        f"{prefix}lock:{ip}",
+        _lock_key(prefix, ip),
         abuse.window_key(prefix, cid, moment),
     ]
     args = [
@@ -342,13 +342,18 @@ def _locked_out(seconds: float) -> RateLimited:
     )
 
 
+def _lock_key(prefix: str, ip: str) -> str:
+    """The Redis key whose presence locks `ip` out (after too many failed authentications)."""
+    return f"{prefix}lock:{ip}"
+
+
 def check_lockout(request: HttpRequest) -> None:
     """Raise 429 while the request's IP is locked out: for a sign-in outside the API (the
     status page's key form), which the throttle script does not see."""
     if not settings.MAILQ_THROTTLING:
         return
     ip = client_ip(request)
-    lock_ms = counters.call(lambda link: link.client.pttl(f"{link.prefix}lock:{ip}"))
+    lock_ms = counters.call(lambda link: link.client.pttl(_lock_key(link.prefix, ip)))
     if lock_ms is not None and lock_ms > 0:
         raise _locked_out(lock_ms / 1000)
 
@@ -365,7 +370,7 @@ def auth_failed(request: HttpRequest) -> None:
     ip = client_ip(request)
 
     def count(link: counters.Link) -> int:
-        lock = f"{link.prefix}lock:{ip}"
+        lock = _lock_key(link.prefix, ip)
         over = is_ratelimited(
             request,
             group="mailq.auth_failures",

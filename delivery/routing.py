@@ -123,8 +123,9 @@ def publish(rows: Sequence[tuple[str, str, int]]) -> int:
         size = settings.MAILQ_TASK_BATCH_SIZE
         for start in range(0, len(items), size):
             chunk = [message_id for message_id, _ in items[start : start + size]]
+            customers = [customer for _, customer in items[start : start + size]]
             try:
-                _send(queue, chunk, [customer for _, customer in items[start : start + size]])
+                _send(queue, chunk, customers)
             except _broker_errors() as exc:
                 log.warning("publish to %s failed (%s); the sweeper will retry", queue, exc)
                 continue

@@ -13,7 +13,6 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery import routing, stats
-from delivery.models import Message
 
 # Queued a while ago, never confirmed by the broker: the publish was lost.
 _UNPUBLISHED_SQL = """
@@ -27,10 +26,15 @@ _UNPUBLISHED_SQL = """
 # a queue purged by hand). Fair mode only: there the broker holds at most the customers' caps,
 # so nothing waits this long in it unless lost, and the scan (on the in-flight partial index)
 # stays small. In fifo a backlog may legitimately wait for hours.
+# published_at is cleared in the same statement, so the new publish records its confirmation.
 _STALE_SQL = """
-    SELECT id::text, queue, customer_id FROM delivery_message
-     WHERE status = 'queued' AND published_at < %s
-     LIMIT %s
+    UPDATE delivery_message SET published_at = NULL
+     WHERE id IN (
+         SELECT id FROM delivery_message
+          WHERE status = 'queued' AND published_at < %s
+          LIMIT %s
+            FOR UPDATE SKIP LOCKED)
+ RETURNING id::text, queue, customer_id
 """
 
 # Messages whose `sending` lease expired (a dead worker): back to queued, for publishing.
@@ -65,9 +69,6 @@ def republish_stale() -> int:
     with connection.cursor() as cursor:
         cursor.execute(_STALE_SQL, [cutoff, settings.MAILQ_SWEEP_BATCH])
         rows = cursor.fetchall()
-    if rows:
-        # publish() sets published_at only where it is NULL: clear it, so the new publish counts.
-        Message.objects.filter(id__in=[r[0] for r in rows]).update(published_at=None)
     return routing.publish(rows)
 
 

@@ -32,18 +32,22 @@ def _stopping() -> bool:
 
 def _deliver(message_ids: list[str]) -> dict[str, int]:
     global _busy, _stop_requested
-    _catch_sigterm()
+    if not _catch_sigterm():
+        return _finish(sending.deliver(message_ids))  # Celery's warm shutdown waits for it
     _busy, _stop_requested = True, False
     try:
-        report = sending.deliver(message_ids, _stopping)
-        # Handed back on shutdown: published again now (or by the sweeper if this fails).
-        routing.publish(report.handed_back)
-        # The finished messages freed in-flight slots: release those customers' next ones
-        # now, before this task is acked, so a busy customer's pipeline never runs dry.
-        routing.refill(report.customer_ids)
-        return report.counts
+        return _finish(sending.deliver(message_ids, _stopping))
     finally:
         _busy = False
+
+
+def _finish(report: sending.Report) -> dict[str, int]:
+    # Handed back on shutdown: published again now (or by the sweeper if this fails).
+    routing.publish(report.handed_back)
+    # The finished messages freed in-flight slots: release those customers' next ones now,
+    # before this task is acked, so a busy customer's pipeline never runs dry.
+    routing.refill(report.customer_ids)
+    return report.counts
 
 
 @shared_task(name="delivery.tasks.deliver")
@@ -65,18 +69,21 @@ def sweep() -> dict[str, int]:
     return sweeper.sweep()
 
 
-def _catch_sigterm() -> None:
-    """Route SIGTERM through `_on_sigterm`. Done at the first task, not at process start:
-    billiard installs its own handler after Celery's worker_process_init."""
+def _catch_sigterm() -> bool:
+    """In a prefork pool process, route SIGTERM through `_on_sigterm` and return True. Done at
+    the first task, not at process start: billiard installs its own handler after Celery's
+    worker_process_init. Elsewhere (solo, threads) return False: the worker's main process
+    gets SIGTERM, and Celery's own warm shutdown lets the running tasks finish."""
     global _previous_sigterm_handler
     if current_process().name == "MainProcess" or (
         threading.current_thread() is not threading.main_thread()
     ):
-        return  # not a prefork pool process: Celery's own warm shutdown handles SIGTERM
+        return False
     current = signal.getsignal(signal.SIGTERM)
     if current is not _on_sigterm:
         _previous_sigterm_handler = current
         signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
 
 
 def _on_sigterm(signum: int, frame) -> None:
