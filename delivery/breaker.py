@@ -166,7 +166,10 @@ class _Breaker(pybreaker.CircuitBreaker):
 
     def _claim_probe(self, state: str) -> bool:
         opened_at = self._state_storage.opened_at if state == OPEN else None
-        if opened_at and (datetime.now(UTC) - opened_at).total_seconds() < self.reset_timeout:
+        # pybreaker stores the opening time in whole seconds (rounded down): the breaker really
+        # opened up to a second later, so wait that second too rather than probe early.
+        cool_down = self.reset_timeout + 1
+        if opened_at and (datetime.now(UTC) - opened_at).total_seconds() < cool_down:
             return False  # cooling down
         px = int(self.reset_timeout * 1000)
         return bool(self._client.set(self._probe_key, b"1", nx=True, px=px))

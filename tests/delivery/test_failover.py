@@ -57,7 +57,7 @@ def test_a_failing_provider_opens_its_breaker_mail_fails_over_and_it_closes_on_r
 
         # 2. Timeouts: after the cool-down one probe hangs, times out, and re-opens it.
         fake.set_mode(SLOW)
-        time.sleep(RESET_SECONDS + 0.5)
+        time.sleep(RESET_SECONDS + 1.5)
         ids += send(live_server, alice.key, 10, 30)
         assert wait_until(lambda: all_sent(ids), timeout=20)
         assert breaker.states([http]) == {http: "open"}
@@ -66,7 +66,7 @@ def test_a_failing_provider_opens_its_breaker_mail_fails_over_and_it_closes_on_r
 
         # 3. Recovery: the next probe succeeds, the breaker closes, mail flows through HTTP.
         fake.set_mode(OK)
-        time.sleep(RESET_SECONDS + 0.5)
+        time.sleep(RESET_SECONDS + 1.5)
         ids += send(live_server, alice.key, 10, 40)
         assert wait_until(lambda: all_sent(ids), timeout=20)
         assert breaker.states([http]) == {http: "closed"}
