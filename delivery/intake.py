@@ -21,6 +21,7 @@ from customers import quotas
 from customers.models import Customer
 from delivery import routing, stats
 from delivery.models import CANCELLABLE, Message, Status
+from mailq import db
 from mailq.errors import ApiError, Conflict, RenderFailed, UnknownTemplate
 from templates.models import EmailTemplate, TemplateVersion
 from templates.rendering import RenderError, render
@@ -93,7 +94,7 @@ def _store(customer: Customer, messages: list[Message]) -> None:
     """Insert with one multi-row statement, count the usage, then publish after the commit."""
     with transaction.atomic():
         routing.admit(customer, messages)
-        Message.objects.bulk_create(messages)
+        db.insert(messages)
         routing.publish_after_commit(messages)
         # Last, so the usage row's lock is held only until the commit that follows.
         quotas.record(customer, len(messages))

@@ -28,7 +28,7 @@ from kombu.exceptions import KombuError
 
 from customers.models import Customer
 from delivery.models import REDRIVABLE, Message, Status
-from delivery.queues import express_queue
+from delivery.queues import express_queue, is_express
 from mailq.celery import app
 
 log = logging.getLogger(__name__)
@@ -101,24 +101,31 @@ def publish_after_commit(messages: Sequence[Message]) -> None:
     """Publish the queued ones among `messages` once the current transaction commits."""
     queued = [(str(m.id), m.queue, m.customer_id) for m in messages if m.status == Status.QUEUED]
     if queued:
-        transaction.on_commit(lambda: publish(queued))
+        transaction.on_commit(lambda: publish(queued, mark_express=False))
 
 
 # --- publishing -----------------------------------------------------------------------------
 
 
-def publish(rows: Sequence[tuple[str, str, int]]) -> int:
+def publish(rows: Sequence[tuple[str, str, int]], *, mark_express: bool = True) -> int:
     """Publish committed, queued messages, given as (id, queue, customer id) rows, to their
     queues; return how many were confirmed.
 
     One id goes as `deliver(id)` (the real-time path); several go as `deliver_batch(ids)`
     in chunks, so a backlog costs one task per chunk, not one per message.
+
+    A confirmed publish is marked (`published_at`), so the sweeper leaves it alone. Accepting
+    passes `mark_express=False`: an express task is claimed within milliseconds, and the mark
+    would be a second write of every quiet message's row (a new row version in each of its
+    indexes). An express message still queued after MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS (its
+    worker is down, or the publish was lost) is published once more by the sweeper, which
+    marks it; the claim lets one delivery through.
     """
     by_queue: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for message_id, queue, customer_id in rows:
         by_queue[queue].append((message_id, customer_id))
 
-    confirmed: list[str] = []
+    confirmed, marked = 0, []
     for queue, items in by_queue.items():
         size = settings.MAILQ_TASK_BATCH_SIZE
         for start in range(0, len(items), size):
@@ -129,12 +136,19 @@ def publish(rows: Sequence[tuple[str, str, int]]) -> int:
             except _broker_errors() as exc:
                 log.warning("publish to %s failed (%s); the sweeper will retry", queue, exc)
                 continue
-            confirmed.extend(chunk)
-    if confirmed:
-        Message.objects.filter(id__in=confirmed, published_at__isnull=True).update(
-            published_at=timezone.now()
-        )
-    return len(confirmed)
+            confirmed += len(chunk)
+            if mark_express or not is_express(queue):
+                marked.extend(chunk)
+    if marked:
+        with connection.cursor() as cursor:
+            cursor.execute(_MARK_PUBLISHED_SQL, [timezone.now(), marked])
+    return confirmed
+
+
+_MARK_PUBLISHED_SQL = """
+    UPDATE delivery_message SET published_at = %s
+     WHERE id = ANY(%s::uuid[]) AND published_at IS NULL
+"""
 
 
 @cache

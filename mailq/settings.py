@@ -234,8 +234,9 @@ if MAILQ_EXPRESS_POOL not in ("threads", "prefork"):
     raise ImproperlyConfigured(
         f"MAILQ_EXPRESS_POOL must be threads or prefork, not {MAILQ_EXPRESS_POOL!r}"
     )
-# Tier pools run this much nicer than web and the express lane (0 = same priority).
-MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 5)
+# Tier pools, and their PostgreSQL backends when the database is local, run this much nicer
+# than web and the express lane (0 = same priority; 19 = the lowest). delivery/priority.py
+MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 19)
 
 # --- throttling, quotas, abuse (customers/throttling.py, customers/abuse.py) -----------------
 # 0 turns off rate limits, quota enforcement, the IP lockout and abuse detection (usage is still

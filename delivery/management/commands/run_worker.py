@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from customers.models import Tier
+from delivery import priority
 from delivery.queues import ensure, express_queue
 
 MAINTENANCE = "maintenance"
@@ -67,8 +68,9 @@ class Command(BaseCommand):
         if pool not in (EXPRESS, MAINTENANCE) and settings.MAILQ_BULK_NICE:
             # On a saturated machine, accepting (the durability promise) and the express lane
             # get the CPU before bulk delivery: a burst is taken in at full speed, and quiet
-            # customers' mail does not queue behind it for CPU.
-            os.nice(settings.MAILQ_BULK_NICE)
+            # customers' mail does not queue behind it for CPU. The pool's PostgreSQL backends
+            # follow (delivery/priority.py).
+            priority.lower_own(settings.MAILQ_BULK_NICE)
         self.stdout.write(" ".join(argv))
         self.stdout.flush()
         # exec: the Celery worker becomes this process, so signals (SIGTERM = warm shutdown)
