@@ -262,10 +262,10 @@ _TOTALS_SQL = """
 
 
 class UsageManager(models.Manager["Usage"]):
-    def add(self, customer_id: int, day: date, shard: int, messages: int) -> None:
-        """Add to a day's count: one raw upsert (this runs inside every accepting transaction)."""
-        with connection.cursor() as cursor:
-            cursor.execute(_ADD_USAGE_SQL, [customer_id, day, shard, messages])
+    def add_sql(self, customer_id: int, day: date, shard: int, messages: int) -> tuple[str, list]:
+        """The upsert that adds to a day's count, as (SQL, params): accepting runs it in the
+        same statement as the insert of the messages it counts (mailq/db.py `insert`)."""
+        return _ADD_USAGE_SQL, [customer_id, day, shard, messages]
 
     def totals(self, customer_id: int, day: date) -> tuple[int, int]:
         """(messages on `day`, messages in `day`'s month up to and including it)."""

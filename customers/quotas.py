@@ -107,18 +107,18 @@ def release_held() -> Reservation | None:
     return reservation
 
 
-def record(customer: Customer, count: int) -> None:
-    """Count `count` messages accepted for `customer`.
-
-    Call inside the transaction that inserts them, after the insert: the usage row is exact
-    because it commits or rolls back with the messages.
+def record(customer: Customer, count: int) -> tuple[str, list]:
+    """Count `count` messages accepted for `customer`: returns the upsert, as (SQL, params), to
+    run in the statement (or transaction) that inserts them. The usage row is exact because it
+    commits or rolls back with the messages.
     """
-    Usage.objects.add(customer.pk, datetime.now(UTC).date(), random.randrange(USAGE_SHARDS), count)
     reservation = _reservation.get()
     if reservation is not None and reservation.customer_id == customer.pk:
-        # If the commit then fails, the request ends in a 500 and Redis keeps the units: the
+        # If the insert then fails, the request ends in an error and Redis keeps the units: the
         # error is on the side of refusing, never of letting a customer past its quota.
         reservation.used += count
+    shard = random.randrange(USAGE_SHARDS)
+    return Usage.objects.add_sql(customer.pk, datetime.now(UTC).date(), shard, count)
 
 
 # --- reading usage -----------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 `accept_one` and `accept_many` are the only ways a message enters the system. When they return,
 the rows are committed in PostgreSQL (that is what a 202 promises) and the queued ones have
 been handed to the broker (or will be, by the sweeper, if the broker was away). The customer's
-usage is counted in the same transaction, so exactly what was stored is counted (a replay
-stores nothing, so it counts nothing).
+usage is counted by the same statement that inserts them, so exactly what was stored is counted
+(a replay stores nothing, so it counts nothing).
 """
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -91,13 +92,14 @@ def _prepare(customer: Customer, req: SendRequest, resolver: _TemplateResolver) 
 
 
 def _store(customer: Customer, messages: list[Message]) -> None:
-    """Insert with one multi-row statement, count the usage, then publish after the commit."""
-    with transaction.atomic():
-        routing.admit(customer, messages)
-        db.insert(messages)
-        routing.publish_after_commit(messages)
-        # Last, so the usage row's lock is held only until the commit that follows.
-        quotas.record(customer, len(messages))
+    """Insert with one multi-row statement that also counts the usage (outside a transaction,
+    that statement commits itself), then publish the queued ones."""
+    routing.admit(customer, messages)
+    # Inside a caller's transaction, a savepoint: a refused insert (a raced idempotency key)
+    # must leave that transaction usable.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        db.insert(messages, quotas.record(customer, len(messages)))
+    routing.publish_after_commit(messages)
 
 
 def accept_one(

@@ -5,7 +5,7 @@ the two lookups every send makes (API key, template) and the insert of its messa
 helpers instead. The SQL is written from each model's own metadata, so it follows migrations.
 """
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 
 def columns(model: type[models.Model], alias: str) -> str:
@@ -32,21 +32,31 @@ def fetch_one(sql: str, params: list) -> tuple | None:
         return cursor.fetchone()
 
 
-def insert(objs: list[models.Model]) -> None:
+def insert(objs: list[models.Model], *also: tuple[str, list]) -> None:
     """INSERT unsaved instances of one model in one multi-row statement, every concrete field
-    given (primary keys and defaults are set on the instances already: no RETURNING)."""
+    given (primary keys and defaults are set on the instances already: no RETURNING).
+
+    `also` are more data-modifying statements, as (SQL, params), run as CTEs of the same
+    statement: outside a transaction, one round trip commits them all (no BEGIN, no COMMIT),
+    and they commit or fail together.
+    """
     model = type(objs[0])
-    fields = model._meta.concrete_fields
-    names = ", ".join(f'"{f.column}"' for f in fields)
+    fields = [(f.attname, f.get_db_prep_save) for f in model._meta.concrete_fields]
+    names = ", ".join(f'"{f.column}"' for f in model._meta.concrete_fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # this thread's wrapper: the proxy costs a lookup a use
+    with db.cursor() as cursor:
         mogrify = cursor.cursor.mogrify
         values = ",".join(
-            mogrify(
-                row, [f.get_db_prep_save(getattr(o, f.attname), connection) for f in fields]
-            ).decode()
+            mogrify(row, [prep(getattr(o, name), db) for name, prep in fields]).decode()
             for o in objs
         )
-        cursor.execute(f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES {values}')
+        ctes = ", ".join(
+            f"also{i} AS ({mogrify(sql, params).decode()})" for i, (sql, params) in enumerate(also)
+        )
+        cursor.execute(
+            (f"WITH {ctes} " if ctes else "")
+            + f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES {values}'
+        )
     for obj in objs:
-        obj._state.adding, obj._state.db = False, connection.alias
+        obj._state.adding, obj._state.db = False, db.alias

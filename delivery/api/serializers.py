@@ -24,6 +24,8 @@ class RecipientsField(serializers.Field):
         "too_many": "At most {limit} recipients.",
     }
 
+    _address = serializers.EmailField()  # stateless: one instance validates every address
+
     def to_internal_value(self, value):
         if isinstance(value, str):
             value = [value]
@@ -33,11 +35,10 @@ class RecipientsField(serializers.Field):
             self.fail("empty")
         if len(value) > settings.MAILQ_MAX_RECIPIENTS:
             self.fail("too_many", limit=settings.MAILQ_MAX_RECIPIENTS)
-        field = serializers.EmailField()
         errors, addresses = {}, []
         for index, address in enumerate(value):
             try:
-                addresses.append(field.run_validation(address.strip()))
+                addresses.append(self._address.run_validation(address.strip()))
             except serializers.ValidationError as exc:
                 errors[index] = exc.detail
         if errors:
@@ -79,7 +80,10 @@ class SendSerializer(StrictSerializer):
         return fields
 
     def to_send_request(self) -> SendRequest:
-        data = self.validated_data
+        return self.send_request(self.validated_data)
+
+    @staticmethod
+    def send_request(data: dict) -> SendRequest:
         return SendRequest(
             template=data["template"],
             to=data["to"],

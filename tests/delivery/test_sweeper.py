@@ -8,6 +8,7 @@ from kombu.exceptions import OperationalError
 
 from delivery import routing, sweeper
 from delivery.models import Message, Status
+from delivery.queues import is_express
 from mailq.celery import app
 from tests.conftest import wait_until
 from tests.factories import accepted
@@ -160,8 +161,15 @@ def test_a_task_the_broker_lost_after_confirming_it_is_published_again(
     assert not wait_until(lambda: smtp_sink.received, timeout=0.5)
 
     assert sweeper.republish_stale() == 0  # not yet stale: it may still be on its way
+    assert sweeper.republish_unpublished() == 0
     settings.MAILQ_SWEEP_STALE_QUEUED_AFTER_SECONDS = 0
-    assert sweeper.republish_stale() == 20
+    settings.MAILQ_SWEEP_UNPUBLISHED_AFTER_SECONDS = 0
+    # The first MAILQ_EXPRESS_INFLIGHT went to the express lane, whose publishes accepting does
+    # not mark (routing.publish): the unpublished step takes those, the stale step the rest.
+    express = sum(is_express(m.queue) for m in messages)
+    assert express == settings.MAILQ_EXPRESS_INFLIGHT
+    assert sweeper.republish_stale() == 20 - express
+    assert sweeper.republish_unpublished() == express
     smtp_sink.wait_for(20)
     assert wait_until(lambda: statuses().count(Status.SENT) == 20)
     line = smtp_sink.report(messages)
