@@ -120,10 +120,14 @@ class Message(models.Model):
                 condition=models.Q(status="deferred", release_at__isnull=True),
                 name="message_backlog",
             ),
+            # Scheduled sends and retries, by due time. Not the backlog (release_at NULL): with
+            # those rows in it, the planner took this index for "has customer X a backlog?"
+            # (release_at IS NULL, then filter by customer): 23 ms reading a bursting customer's
+            # whole backlog, at every quiet customer's accept.
             models.Index(
                 fields=["release_at"],
-                condition=models.Q(status__in=["retrying", "deferred"]),
-                name="message_release",
+                condition=models.Q(status__in=["retrying", "deferred"], release_at__isnull=False),
+                name="message_release_due",
             ),
             models.Index(
                 fields=["sending_at"],

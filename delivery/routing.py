@@ -254,11 +254,26 @@ def refill(customer_ids: Iterable[int]) -> int:
     return released
 
 
+# The customers with a backlog, oldest backlog first: a skip scan of the backlog index (one
+# probe per customer), not a GROUP BY over every deferred message (40 ms at a 56,000-message
+# backlog, every sweep).
 _BACKLOG_CUSTOMERS_SQL = """
-    SELECT customer_id FROM delivery_message
-     WHERE status = 'deferred' AND release_at IS NULL
-     GROUP BY customer_id
-     ORDER BY min(accepted_at)
+    WITH RECURSIVE backlogged(id) AS (
+        (SELECT customer_id FROM delivery_message
+          WHERE status = 'deferred' AND release_at IS NULL
+          ORDER BY customer_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT customer_id FROM delivery_message
+                 WHERE status = 'deferred' AND release_at IS NULL AND customer_id > b.id
+                 ORDER BY customer_id LIMIT 1)
+          FROM backlogged b WHERE b.id IS NOT NULL)
+    SELECT b.id FROM backlogged b
+     CROSS JOIN LATERAL (
+         SELECT accepted_at FROM delivery_message
+          WHERE customer_id = b.id AND status = 'deferred' AND release_at IS NULL
+          ORDER BY accepted_at LIMIT 1) AS oldest
+     WHERE b.id IS NOT NULL
+     ORDER BY oldest.accepted_at
 """
 
 

@@ -49,7 +49,7 @@ _INFLIGHT_SQL = """
      WHERE status IN ('queued', 'sending')
      GROUP BY queue, customer_id, status
 """
-# Waiting for their time: scheduled sends and retries (`message_release`).
+# Waiting for their time: scheduled sends and retries (`message_release_due`).
 _WAITING_SQL = """
     SELECT queue, status, count(*)
       FROM delivery_message
