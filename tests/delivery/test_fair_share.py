@@ -177,3 +177,35 @@ def test_a_backlog_is_released_a_task_sized_chunk_at_a_time(alice, settings):
     assert routing.refill([alice.customer.pk]) == 0  # 9 free slots: less than a chunk
     Message.objects.filter(pk=messages[9].pk).update(status=Status.SENT)
     assert routing.refill([alice.customer.pk]) == 10
+
+
+def _indexes_used(sql: str, params) -> set[str]:
+    """The indexes PostgreSQL's plan for `sql` reads (EXPLAIN, after ANALYZE)."""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE delivery_message")
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+        plan = cursor.fetchone()[0]
+    found: set[str] = set()
+
+    def walk(node: dict) -> None:
+        if "Index Name" in node:
+            found.add(node["Index Name"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return found
+
+
+def test_the_backlog_probes_read_the_backlog_index_whatever_another_customer_has_deferred(
+    alice, bob
+):
+    """A bursting customer's backlog (release_at NULL) once sat in the due-time index too, and
+    the planner probed "has this quiet customer a backlog?" through it: every quiet accept read
+    the whole burst (23 ms at 56,000 deferred). The probes must stay on the backlog index."""
+    set_cap(alice.customer, 1)
+    accepted(alice.customer, count=2000)
+    quiet = bob.customer.pk
+    assert "message_release_due" not in _indexes_used(routing._FLOW_SQL, {"c": quiet})
+    assert _indexes_used(routing._BACKLOGGED_SQL, [[quiet]]) == {"message_backlog"}
+    assert routing.refill([quiet]) == 0 and routing._flow(bob.customer) == (0, 200)

@@ -65,12 +65,12 @@ class Command(BaseCommand):
             self.stderr.write(
                 f"replaced queue {name} (declared differently); its messages are republished"
             )
-        if pool not in (EXPRESS, MAINTENANCE) and settings.MAILQ_BULK_NICE:
+        if pool not in (EXPRESS, MAINTENANCE):
             # On a saturated machine, accepting (the durability promise) and the express lane
             # get the CPU before bulk delivery: a burst is taken in at full speed, and quiet
             # customers' mail does not queue behind it for CPU. The pool's PostgreSQL backends
             # follow (delivery/priority.py).
-            priority.lower_own(settings.MAILQ_BULK_NICE)
+            priority.lower_own(settings.MAILQ_BULK_NICE, settings.MAILQ_BULK_SCHED_IDLE)
         self.stdout.write(" ".join(argv))
         self.stdout.flush()
         # exec: the Celery worker becomes this process, so signals (SIGTERM = warm shutdown)
