@@ -9,6 +9,10 @@ gunicorn, the tier's worker pool, the express and maintenance workers and beat) 
   heavy-alone  one customer bursts 100,000 messages through the batch endpoint (fair mode)
   fair         both at once, MAILQ_ROUTING=fair
   fifo         both at once, MAILQ_ROUTING=fifo (everything straight to the tier queue)
+  quiet-spin   (with --spin) quiet customers alone while one busy loop per core runs under
+               SCHED_IDLE: it yields its CPU at once to any of ours, takes no lock and does no
+               I/O, so the quiet p99 it costs is what merely having the other cores busy costs
+               on this machine (shared core resources, the hypervisor): the floor under `fair`
 For each it prints the quiet customers' accept->sent p50/p95/p99/max (from the message rows),
 their p99 per 20 s slice of the window (it grows with the backlog in fifo), and the heavy
 customer's sent messages/s during the window. JSON goes to bench/results/.
@@ -69,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--quiet-wait", type=float, default=60, help="max s to wait for quiet mail")
     p.add_argument("--scenarios", default="quiet-alone,heavy-alone,fair,fifo")
+    p.add_argument("--spin", action="store_true", help="add the quiet-spin scenario to every round")
     p.add_argument(
         "--rounds", type=int, default=1, help="repeat the paired scenarios (fifo runs once)"
     )
@@ -85,6 +90,7 @@ def message(i: int) -> dict:
 class Scenario:
     def __init__(self, args, name: str, mode: str, heavy: bool, quiet: bool, stamp: str) -> None:
         self.args, self.name, self.mode, self.heavy, self.quiet = args, name, mode, heavy, quiet
+        self.spin = name == "quiet-spin"
         self.log_dir = ROOT / "bench" / "results" / f"noisy-{stamp}-logs" / name
         self.log_dir.mkdir(parents=True, exist_ok=True)  # a later round appends to the logs
         self.stop = threading.Event()
@@ -108,10 +114,14 @@ class Scenario:
         db.autocommit = True
         try:
             stack.start_mailq(TIER, sink_port, web_port)
+            spinners = _spin(os.cpu_count() or 1) if self.spin else []
             before = cpu_snapshot(stack, DB)
             result = self._measure(db, web_port, keys)
             after = cpu_snapshot(stack, DB)
-            result["outside_cpu_s"] = round(_outside_cpu(before, after), 1)
+            spun = _stop_spinning(spinners, before, after)
+            result["outside_cpu_s"] = round(_outside_cpu(before, after) - spun, 1)
+            if self.spin:
+                result["spinners_cpu_s"] = round(spun, 1)
             result["cpu_s"] = {
                 name: round(after[name] - before.get(name, 0.0), 1)
                 for name in (*STACK_GROUPS, "loadgen")
@@ -269,6 +279,31 @@ class Scenario:
         }
 
 
+_SPINNER = """
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+def _spin(count: int) -> list[subprocess.Popen]:
+    """`count` busy loops at the lowest scheduling class (SCHED_IDLE)."""
+    return [subprocess.Popen([sys.executable, "-c", _SPINNER]) for _ in range(count)]
+
+
+def _stop_spinning(spinners: list[subprocess.Popen], before: dict, after: dict) -> float:
+    """Kill the spinners; return the CPU seconds they used between the two snapshots."""
+    used = sum(
+        after["procs"].get(p.pid, ("", 0.0))[1] - before["procs"].get(p.pid, ("", 0.0))[1]
+        for p in spinners
+    )
+    for p in spinners:
+        p.kill()
+        p.wait(10)
+    return used
+
+
 STACK_GROUPS = ("web", "workers", "express", "maintenance", "beat", "sink", "postgres", "rabbitmq")
 
 
@@ -284,6 +319,7 @@ SCENARIOS = {
     "heavy-alone": ("fair", True, False),
     "fair": ("fair", True, True),
     "fifo": ("fifo", True, True),
+    "quiet-spin": ("fair", False, True),
 }
 
 
@@ -323,8 +359,14 @@ def verdict(results: list[dict]) -> dict:
     rounds: dict[int, dict[str, dict]] = {}
     for r in results:
         rounds.setdefault(r.get("round", 1), {})[r["scenario"]] = r
-    quiet_ratio, heavy_ratio, fair_p99 = [], [], []
+    quiet_ratio, heavy_ratio, fair_p99, floor_ratio, over_floor = [], [], [], [], []
     for by in rounds.values():
+        if {"quiet-spin", "quiet-alone"} <= by.keys():
+            spin, base = by["quiet-spin"]["quiet_p99_ms"], by["quiet-alone"]["quiet_p99_ms"]
+            floor_ratio.append(round(spin / base, 2) if spin and base else None)
+        if {"quiet-spin", "fair"} <= by.keys():
+            fair, spin = by["fair"]["quiet_p99_ms"], by["quiet-spin"]["quiet_p99_ms"]
+            over_floor.append(round(fair / spin, 2) if fair and spin else None)
         if {"fair", "quiet-alone"} <= by.keys():
             fair, base = by["fair"]["quiet_p99_ms"], by["quiet-alone"]["quiet_p99_ms"]
             fair_p99.append(fair)
@@ -340,6 +382,12 @@ def verdict(results: list[dict]) -> dict:
         out["fair_quiet_p99_over_alone_median"] = _median(quiet_ratio)
         out["fair_quiet_p99_ms_median"] = median_p99
         out["fair_quiet_p99_le_2s"] = bool(median_p99 and median_p99 <= 2000)
+    if floor_ratio:
+        out["spin_quiet_p99_over_alone_by_round"] = floor_ratio
+        out["spin_quiet_p99_over_alone_median"] = _median(floor_ratio)
+    if over_floor:
+        out["fair_quiet_p99_over_spin_by_round"] = over_floor
+        out["fair_quiet_p99_over_spin_median"] = _median(over_floor)
     if heavy_ratio:
         out["fair_heavy_over_alone_by_round"] = heavy_ratio
         out["fair_heavy_over_alone_median"] = _median(heavy_ratio)
@@ -357,7 +405,7 @@ def main() -> int:
     with open(os.devnull, "w") as devnull:
         ensure_tools(devnull)
     results = []
-    names = args.scenarios.split(",")
+    names = args.scenarios.split(",") + (["quiet-spin"] if args.spin else [])
     for round_no in range(1, args.rounds + 1):
         for name in names:
             if name == "fifo" and round_no > 1:

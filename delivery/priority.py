@@ -20,26 +20,16 @@ from django.db.backends.signals import connection_created
 log = logging.getLogger(__name__)
 
 
-def lower_own(nice: int, idle: bool = False) -> None:
-    """Make this process (and the pool processes it will fork) `nice` nicer and, with `idle`,
-    SCHED_IDLE: the kernel then preempts it at once for any normal-priority task that wakes up,
-    where a niced task would first finish its time slice (a few ms at each hop of a quiet
-    message: web, broker, express worker, PostgreSQL, provider)."""
+def lower_own(nice: int) -> None:
+    """Make this process (and the pool processes it will fork) `nice` nicer."""
     if nice > 0:
         os.nice(nice)
-    if idle:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
-def _lowered() -> tuple[int, bool]:
-    """This process's (nice, SCHED_IDLE)."""
-    return os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0) == os.SCHED_IDLE
 
 
 def _lower_backend(sender, connection, **kwargs) -> None:
-    """connection_created: give this connection's backend this process's priority."""
-    nice, idle = _lowered()
-    if (nice <= 0 and not idle) or connection.vendor != "postgresql":
+    """connection_created: give this connection's backend this process's nice value."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= 0 or connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
@@ -50,8 +40,6 @@ def _lower_backend(sender, connection, **kwargs) -> None:
             return
         if os.getpriority(os.PRIO_PROCESS, pid) < nice:
             os.setpriority(os.PRIO_PROCESS, pid, nice)
-        if idle:
-            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (OSError, ValueError) as exc:  # another machine, another user, gone
         log.debug("backend %s keeps its priority: %s", pid, exc)
 

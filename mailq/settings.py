@@ -237,8 +237,6 @@ if MAILQ_EXPRESS_POOL not in ("threads", "prefork"):
 # Tier pools, and their PostgreSQL backends when the database is local, run this much nicer
 # than web and the express lane (0 = same priority; 19 = the lowest). delivery/priority.py
 MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 19)
-# ... and under the SCHED_IDLE policy: preempted at once when a normal task wakes up.
-MAILQ_BULK_SCHED_IDLE = env_bool("MAILQ_BULK_SCHED_IDLE", True)
 
 # --- throttling, quotas, abuse (customers/throttling.py, customers/abuse.py) -----------------
 # 0 turns off rate limits, quota enforcement, the IP lockout and abuse detection (usage is still

@@ -70,7 +70,7 @@ class Command(BaseCommand):
             # get the CPU before bulk delivery: a burst is taken in at full speed, and quiet
             # customers' mail does not queue behind it for CPU. The pool's PostgreSQL backends
             # follow (delivery/priority.py).
-            priority.lower_own(settings.MAILQ_BULK_NICE, settings.MAILQ_BULK_SCHED_IDLE)
+            priority.lower_own(settings.MAILQ_BULK_NICE)
         self.stdout.write(" ".join(argv))
         self.stdout.flush()
         # exec: the Celery worker becomes this process, so signals (SIGTERM = warm shutdown)
