@@ -31,9 +31,7 @@ def _lower_backend(sender, connection, **kwargs) -> None:
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     if nice <= 0 or connection.vendor != "postgresql":
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (pid,) = cursor.fetchone()
+    pid = connection.connection.get_backend_pid()  # libpq knows it: no round trip
     try:
         # The pid is only ours to touch if it is a PostgreSQL process on this machine.
         if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":

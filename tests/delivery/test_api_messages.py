@@ -12,8 +12,10 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from delivery.api.serializers import AcceptedSerializer
+from delivery.api.views import _accepted
 from delivery.models import DeliveryAttempt, Message, Status
-from tests.factories import queue, template
+from tests.factories import accepted, queue, template
 
 WELCOME = {"template": "welcome", "to": "ana@example.com", "data": {"name": "Ana"}}
 
@@ -460,3 +462,14 @@ def test_it_sends_twice_for_two_different_idempotency_keys(alice):
 
     assert first != second
     assert Message.objects.count() == 2
+
+
+def test_the_accepted_answer_is_what_its_documented_serializer_gives(alice):
+    """views._accepted builds the 202 body by hand (for speed): it must stay exactly what
+    AcceptedSerializer, the schema the API docs publish, would give."""
+    [now, later] = accepted(alice.customer, count=2)
+    Message.objects.filter(pk=later.pk).update(send_at=timezone.now() + timedelta(hours=1))
+    later.refresh_from_db()
+    for message in (now, later):
+        assert _accepted(message) == dict(AcceptedSerializer(message).data)
+    assert _accepted(later)["send_at"] is not None
