@@ -237,9 +237,6 @@ if MAILQ_EXPRESS_POOL not in ("threads", "prefork"):
 # Tier pools, and their PostgreSQL backends when the database is local, run this much nicer
 # than web and the express lane (0 = same priority; 19 = the lowest). delivery/priority.py
 MAILQ_BULK_NICE = env_int("MAILQ_BULK_NICE", 19)
-# A batch request (and its backend) runs this much nicer while it is accepted, where the OS lets
-# it return to normal afterwards (0 = off). delivery/priority.py
-MAILQ_BATCH_NICE = env_int("MAILQ_BATCH_NICE", 10)
 
 # --- throttling, quotas, abuse (customers/throttling.py, customers/abuse.py) -----------------
 # 0 turns off rate limits, quota enforcement, the IP lockout and abuse detection (usage is still

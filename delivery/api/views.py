@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from delivery import intake, priority, routing, stats
+from delivery import intake, routing, stats
 from delivery.api.serializers import (
     AcceptedSerializer,
     AttemptSerializer,
@@ -117,11 +117,6 @@ class MessagesView(APIView):
 
 
 class BatchView(APIView):
-    def dispatch(self, request, *args, **kwargs):
-        # A burst's acceptance, from parsing to publishing, yields the CPU to single sends.
-        with priority.lowered(settings.MAILQ_BATCH_NICE):
-            return super().dispatch(request, *args, **kwargs)
-
     def throttle_messages(self, request: Request) -> int:
         """The batch's items: each costs a unit of the rate limit and of the quotas."""
         items = request.data.get("messages") if isinstance(request.data, dict) else None
