@@ -12,10 +12,12 @@ gunicorn, the tier's worker pool, the express and maintenance workers and beat) 
   quiet-spin   (with --spin) quiet customers alone while one busy loop per core runs under
                SCHED_IDLE: it yields its CPU at once to any of ours, takes no lock and does no
                I/O, so the quiet p99 it costs is what merely having the other cores busy costs
-               on this machine (shared core resources, the hypervisor): the floor under `fair`
+               on this machine (slower wake-ups under the hypervisor): the floor under `fair`
 For each it prints the quiet customers' accept->sent p50/p95/p99/max (from the message rows),
-their p99 per 20 s slice of the window (it grows with the backlog in fifo), and the heavy
-customer's sent messages/s during the window. JSON goes to bench/results/.
+their p99 per 10 s slice of the window beside the heavy customer's backlog at each slice's
+start (in fifo the p99 follows the backlog), and the heavy customer's sent messages/s while it
+had work. A fast machine sends the whole burst before the window ends: the quiet figures of the
+messages accepted while it lasted are then printed too. JSON goes to bench/results/.
 
 `--rounds N` repeats quiet-alone, heavy-alone and fair N times, interleaved (fifo runs once, in
 the first round): the machine is noisy, so each round's fair figures are divided by the same
@@ -53,7 +55,7 @@ from stack import (
 # Its own database, vhost and Redis db: another benchmark (mailq_bench, Redis db 2) or a test
 # run may be going on at the same time.
 DB, VHOST, REDIS_DB, TIER = "mailq_noisy", "mailq_noisy", "7", "standard"
-SLICE_SECONDS = 20
+SLICE_SECONDS = 10
 
 
 def parse_args() -> argparse.Namespace:
@@ -234,6 +236,23 @@ class Scenario:
             t0,
             SLICE_SECONDS,
         )
+        # The heavy customer's backlog (accepted, not yet sent) at the start of each slice: in
+        # fifo the quiet p99 follows it, since every quiet message waits behind all of it.
+        backlog = self._sql(
+            db,
+            """SELECT s.n, count(m.id)
+                 FROM generate_series(0, %s) AS s(n)
+                 LEFT JOIN (delivery_message m JOIN customers_customer c
+                            ON c.id = m.customer_id AND c.name = 'heavy')
+                   ON m.accepted_at <= to_timestamp(%s + s.n * %s)
+                  AND (m.sent_at IS NULL OR m.sent_at > to_timestamp(%s + s.n * %s))
+                GROUP BY s.n ORDER BY s.n""",
+            int((t1 - t0) // SLICE_SECONDS),
+            t0,
+            SLICE_SECONDS,
+            t0,
+            SLICE_SECONDS,
+        )
         # The heavy customer's rate while it had work: a burst that drains before the window
         # ends must not be diluted by the idle rest of the window.
         heavy_sent, heavy_last = self._sql(
@@ -281,6 +300,7 @@ class Scenario:
             "quiet_p99_ms": ms(pcts[2]),
             "quiet_max_ms": ms(q[3]),
             "quiet_p99_ms_by_slice": [(int(s) * SLICE_SECONDS, n, ms(p)) for s, n, p in slices],
+            "heavy_backlog_by_slice": [(n * SLICE_SECONDS, count) for n, count in backlog],
             "quiet_to_claim_p50_p99_ms": [ms(v) for v in phases[0] or []],
             "quiet_claim_to_sent_p50_p99_ms": [ms(v) for v in phases[1] or []],
             "quiet_post_p99_ms": ms(client[int(0.99 * (len(client) - 1))]) if client else None,
@@ -360,6 +380,9 @@ def print_table(results: list[dict]) -> None:
         if r["quiet_p99_ms_by_slice"]:
             series = ", ".join(f"{s}s:{p}" for s, _, p in r["quiet_p99_ms_by_slice"])
             print(f"{r['scenario']:>12} quiet p99 (ms) by {SLICE_SECONDS} s slice: {series}")
+            if r["heavy_accepted"]:
+                series = ", ".join(f"{s}s:{n}" for s, n in r["heavy_backlog_by_slice"])
+                print(f"{r['scenario']:>12} heavy backlog at each slice's start: {series}")
     for r in results:
         if r["quiet_messages"] and r["heavy_busy_s"]:
             p50, p99 = r["quiet_during_burst_p50_p99_ms"] or (None, None)

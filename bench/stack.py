@@ -252,10 +252,11 @@ class Stack:
 
     def start_mailq(self, tier: str, sink_port: int, web_port: int) -> None:
         """What the Procfile runs for one tier, on loopback: smtp-sink (the provider), gunicorn
-        (2 processes), the tier's pool, the express lane, the maintenance worker and beat;
-        then a few seconds for the workers to connect and declare their queues."""
+        (WEB_CONCURRENCY processes, 2 unless set, as in the Procfile), the tier's pool, the
+        express lane, the maintenance worker and beat; then a few seconds for the workers to
+        connect and declare their queues."""
         self.start_sink(sink_port)
-        self.start_web(web_port, 2, access_log=False)
+        self.start_web(web_port, int(os.environ.get("WEB_CONCURRENCY", "2")), access_log=False)
         self.start_workers(tier, 0, "WARNING")
         for pool in ("express", "maintenance"):
             argv = [sys.executable, "manage.py", "run_worker", pool, "--loglevel", "WARNING"]
