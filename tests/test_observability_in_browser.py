@@ -160,9 +160,19 @@ def test_flower_lists_the_tier_workers_and_shows_each_tasks_message_and_customer
         screenshot(page, "flower-tasks")
 
         # The broker tab reads RabbitMQ's management API: the tier queues with their counts.
-        page.goto(f"{flower}/broker")
-        page.wait_for_selector("#queue-table")
-        assert queue("standard") in page.locator("#queue-table").inner_text()
+        # It lists the queues the workers reported: Flower asks them in the background once it
+        # has started (the pages above may come first on a fast machine), and again on Refresh.
+        def broker_lists_the_tier_queue() -> bool:
+            page.goto(f"{flower}/broker")
+            page.wait_for_selector("#queue-table")
+            if queue("standard") in page.locator("#queue-table").inner_text():
+                return True
+            _flower_get(flower + "/api/workers?refresh=1")  # the Workers page's Refresh
+            return False
+
+        assert wait_until(broker_lists_the_tier_queue, 30, 1.0), page.locator(
+            "#queue-table"
+        ).inner_text()
         screenshot(page, "flower-broker")
     finally:
         context.close()
