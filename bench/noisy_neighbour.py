@@ -405,6 +405,10 @@ def _median(values: list[float]) -> float | None:
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    return round(part / whole, 2) if part is not None and whole else None
+
+
 def verdict(results: list[dict]) -> dict:
     """Ratios of fair to its baselines within each round, then their medians across rounds."""
     rounds: dict[int, dict[str, dict]] = {}
@@ -415,20 +419,20 @@ def verdict(results: list[dict]) -> dict:
     for by in rounds.values():
         if {"quiet-spin", "quiet-alone"} <= by.keys():
             spin, base = by["quiet-spin"]["quiet_p99_ms"], by["quiet-alone"]["quiet_p99_ms"]
-            floor_ratio.append(round(spin / base, 2) if spin and base else None)
+            floor_ratio.append(_ratio(spin, base))
         if {"quiet-spin", "fair"} <= by.keys():
             fair, spin = by["fair"]["quiet_p99_ms"], by["quiet-spin"]["quiet_p99_ms"]
-            over_floor.append(round(fair / spin, 2) if fair and spin else None)
+            over_floor.append(_ratio(fair, spin))
         if {"fair", "quiet-alone"} <= by.keys():
             fair, base = by["fair"]["quiet_p99_ms"], by["quiet-alone"]["quiet_p99_ms"]
             fair_p99.append(fair)
-            quiet_ratio.append(round(fair / base, 2) if fair and base else None)
+            quiet_ratio.append(_ratio(fair, base))
             during = (by["fair"]["quiet_during_burst_p50_p99_ms"] or [None, None])[1]
-            during_ratio.append(round(during / base, 2) if during and base else None)
+            during_ratio.append(_ratio(during, base))
             drained.append(by["fair"]["heavy_busy_s"] < by["fair"]["window_s"] - 1)
         if {"fair", "heavy-alone"} <= by.keys():
             fair, alone = by["fair"]["heavy_sent_per_s"], by["heavy-alone"]["heavy_sent_per_s"]
-            heavy_ratio.append(round(fair / alone, 2) if alone else None)
+            heavy_ratio.append(_ratio(fair, alone))
     out: dict = {"rounds": len(rounds)}
     if quiet_ratio:
         median_p99 = _median(fair_p99)

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.db import connection
+
+from tests.conftest import test_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,8 @@ django.setup()
 from delivery import priority
 priority.lower_own({nice})
 from django.db import connection
+
+from tests.conftest import test_database_url
 with connection.cursor() as cursor:
     cursor.execute("SELECT pg_backend_pid()")
     pid = cursor.fetchone()[0]
@@ -44,7 +47,7 @@ def _backend_is_ours() -> bool:
 def test_a_niced_process_lowers_its_database_backend_too(db, nice):
     if not _backend_is_ours():
         pytest.skip("PostgreSQL is not local, or its backends belong to another user")
-    env = os.environ | {"DATABASE_URL": _database_url()}
+    env = os.environ | {"DATABASE_URL": test_database_url()}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD.format(nice=nice)],
         cwd=ROOT,
@@ -57,9 +60,3 @@ def test_a_niced_process_lowers_its_database_backend_too(db, nice):
     pid, backend_nice = (int(v) for v in done.stdout.split())
     # At normal priority the backend keeps the server's (0); niced, it follows the process.
     assert backend_nice == nice, f"backend {pid} runs at nice {backend_nice}"
-
-
-def _database_url() -> str:
-    """The test database (pytest-django's), for a child process."""
-    db = settings.DATABASES["default"]
-    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
