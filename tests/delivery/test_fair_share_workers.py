@@ -60,7 +60,7 @@ def test_a_quiet_customer_is_sent_before_a_heavy_customers_backlog_drains(
     heavy_sent_before = position - sent_when_bob_was_queued
     print(f"alice sent after bob was queued, before him: {heavy_sent_before} (cap 20)")
     assert heavy_sent_before <= 20, heavy_sent_before
-    assert 380 - position > 300  # most of the backlog was still waiting
+    assert position < 80, position  # sent while more than 300 of alice's 400 still waited
     assert wait_until(lambda: Message.objects.filter(status=Status.SENT).count() == 401, 60)
 
 

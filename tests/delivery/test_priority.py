@@ -20,8 +20,6 @@ django.setup()
 from delivery import priority
 priority.lower_own({nice})
 from django.db import connection
-
-from tests.conftest import test_database_url
 with connection.cursor() as cursor:
     cursor.execute("SELECT pg_backend_pid()")
     pid = cursor.fetchone()[0]
